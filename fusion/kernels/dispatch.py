@@ -1,0 +1,164 @@
+"""Per-op backend choice: triton | flash_attn | sdpa | eager.
+
+Every hot op of the model is called through this module, so a backend can be
+swapped without touching model code. The choice is explicit: the default is
+picked from the device (Triton/SDPA on CUDA, eager/SDPA on CPU), the env var
+``FUSION_KERNELS="attention=sdpa,rms_norm=eager"`` or ``set_backend`` override
+it, and each op logs the backend it runs once.
+
+Tensor layouts (the contract every backend implements):
+- attention:   q [B, Hq, T, D], k/v [B, Hkv, T, D] (Hq % Hkv == 0), optional
+               doc_ids [B, T] int (tokens attend only within equal ids) -> [B, Hq, T, D]
+- decode_attention: q [B, Hq, Tq, D] new tokens, k/v cache [B, Hkv, Tmax, D],
+               cache_seqlens [B] = valid cache length INCLUDING the Tq new tokens,
+               which sit at positions cache_seqlens - Tq + i (causal among them)
+- rms_norm:    x [..., N], weight [N] -> [..., N]
+- swiglu:      gate, up [..., F] -> silu(gate) * up
+- linear_cross_entropy: hidden [N, d], weight [V, d], targets [N] (ignore_index
+               allowed) -> (ce [N], lse [N]) per token; ignored rows give 0
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+OPS = ("attention", "decode_attention", "rms_norm", "swiglu", "linear_cross_entropy")
+_overrides: dict[str, str] = {}
+_logged: set[tuple[str, str]] = set()
+
+
+def _env_overrides() -> dict[str, str]:
+    spec = os.environ.get("FUSION_KERNELS", "").strip()
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        op, _, backend = item.partition("=")
+        if op not in OPS or not backend:
+            raise ValueError(f"FUSION_KERNELS entry {item!r}: expected op=backend with op in {OPS}")
+        out[op] = backend
+    return out
+
+
+def set_backend(op: str, backend: str | None) -> None:
+    """Force ``op`` to ``backend`` (None restores the automatic choice)."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; ops are {OPS}")
+    if backend is None:
+        _overrides.pop(op, None)
+    else:
+        _overrides[op] = backend
+
+
+def backend_for(op: str, device: torch.device) -> str:
+    """The backend ``op`` runs on ``device``: override, env var, then device default."""
+    choice = _overrides.get(op) or _env_overrides().get(op)
+    if choice is None:
+        choice = "sdpa" if op in ("attention", "decode_attention") else "eager"
+    if choice not in _IMPLS[op]:
+        raise ValueError(f"backend {choice!r} is not available for {op}; have {sorted(_IMPLS[op])}")
+    if (op, choice) not in _logged:
+        _logged.add((op, choice))
+        log.info("fusion.kernels: %s -> %s (%s)", op, choice, device.type)
+    return choice
+
+
+# ---------------------------------------------------------------- eager / SDPA
+
+
+def _doc_mask(doc_ids: torch.Tensor | None, T: int, causal: bool, device) -> torch.Tensor | None:
+    """Boolean [B or 1, 1, T, T] mask, True where attention is allowed."""
+    mask = None
+    if causal:
+        mask = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None, None]
+    if doc_ids is not None:
+        same = (doc_ids[:, :, None] == doc_ids[:, None, :])[:, None]
+        mask = same if mask is None else mask & same
+    return mask
+
+
+def _attention_sdpa(q, k, v, *, causal, doc_ids, scale):
+    if doc_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
+                                              enable_gqa=q.shape[1] != k.shape[1])
+    mask = _doc_mask(doc_ids, q.shape[2], causal, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _attention_eager(q, k, v, *, causal, doc_ids, scale):
+    rep = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    scores = (q @ k.transpose(-1, -2)).float() * (scale or 1 / math.sqrt(q.shape[-1]))
+    mask = _doc_mask(doc_ids, q.shape[2], causal, q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1).to(v.dtype)) @ v
+
+
+def _decode_sdpa(q, k_cache, v_cache, cache_seqlens, *, scale):
+    Tq, Tmax = q.shape[2], k_cache.shape[2]
+    key_pos = torch.arange(Tmax, device=q.device)
+    query_pos = cache_seqlens[:, None] - Tq + torch.arange(Tq, device=q.device)[None]  # [B, Tq]
+    mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]  # [B, 1, Tq, Tmax]
+    return F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale,
+                                          enable_gqa=q.shape[1] != k_cache.shape[1])
+
+
+def _rms_norm_eager(x, weight, eps):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+def _swiglu_eager(gate, up):
+    return F.silu(gate) * up
+
+
+def _linear_cross_entropy_eager(hidden, weight, targets, *, ignore_index):
+    logits = (hidden @ weight.t()).float()
+    lse = torch.logsumexp(logits, -1)
+    ce = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="none")
+    return ce, lse * (targets != ignore_index)
+
+
+_IMPLS: dict[str, dict[str, object]] = {
+    "attention": {"sdpa": _attention_sdpa, "eager": _attention_eager},
+    "decode_attention": {"sdpa": _decode_sdpa},
+    "rms_norm": {"eager": _rms_norm_eager},
+    "swiglu": {"eager": _swiglu_eager},
+    "linear_cross_entropy": {"eager": _linear_cross_entropy_eager},
+}
+
+
+# ------------------------------------------------------------------ public ops
+
+
+def attention(q, k, v, *, causal: bool = True, doc_ids=None, scale: float | None = None):
+    """Multi-head attention with GQA and optional packed-document masking."""
+    return _IMPLS["attention"][backend_for("attention", q.device)](
+        q, k, v, causal=causal, doc_ids=doc_ids, scale=scale)
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, *, scale: float | None = None):
+    """Attention of Tq new query tokens against a KV cache with per-row lengths."""
+    return _IMPLS["decode_attention"][backend_for("decode_attention", q.device)](
+        q, k_cache, v_cache, cache_seqlens, scale=scale)
+
+
+def rms_norm(x, weight, eps: float = 1e-5):
+    return _IMPLS["rms_norm"][backend_for("rms_norm", x.device)](x, weight, eps)
+
+
+def swiglu(gate, up):
+    return _IMPLS["swiglu"][backend_for("swiglu", gate.device)](gate, up)
+
+
+def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100):
+    """Per-token cross-entropy and logsumexp of ``hidden @ weight.T``."""
+    return _IMPLS["linear_cross_entropy"][backend_for("linear_cross_entropy", hidden.device)](
+        hidden, weight, targets, ignore_index=ignore_index)
