@@ -87,3 +87,37 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
             raise TypeError(f"training texts must be str, got {type(t).__name__}")
         if t:
             yield t
+
+
+def _corpus_texts(paths: Sequence[str]) -> Iterator[str]:
+    """Texts of JSONL document files (their text segments) or of plain-text files (their lines)."""
+    from fusion.document import read_jsonl
+
+    for p in paths:
+        if p.endswith(".jsonl"):
+            for doc in read_jsonl(p):
+                yield "".join(doc.texts)
+        else:
+            with open(p, encoding="utf-8") as f:
+                yield from (line.rstrip("\n") for line in f)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fusion train-bpe``: train the text tokenizer on files or on the synthetic world."""
+    import argparse
+
+    from fusion.data.synthetic import SyntheticWorld
+
+    ap = argparse.ArgumentParser(prog="fusion train-bpe", description=main.__doc__)
+    ap.add_argument("inputs", nargs="*", help="JSONL document files or plain-text files")
+    ap.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N synthetic-world documents")
+    ap.add_argument("--vocab-size", type=int, default=2048)
+    ap.add_argument("--out", default="text.model")
+    args = ap.parse_args(argv)
+    if not args.inputs and not args.synthetic:
+        ap.error("give input files and/or --synthetic N")
+    texts = itertools.chain(_corpus_texts(args.inputs), SyntheticWorld().texts(args.synthetic))
+    tok = TextTokenizer.train(texts, args.vocab_size)
+    tok.save(args.out)
+    print(f"wrote {args.out}: {tok.vocab_size} pieces")
+    return 0

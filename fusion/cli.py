@@ -1,0 +1,37 @@
+"""The ``fusion`` command: demo | train | train-vq | train-bpe | generate | convert | bench."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# Each sub-command lives in its own module and exposes main(argv); importing lazily keeps `fusion --help` fast.
+COMMANDS = {
+    "demo": ("fusion.demo", "train the whole stack on the synthetic world (CPU, no network) and score it"),
+    "train": ("fusion.train.loop", "pretrain the decoder on interleaved documents"),
+    "train-vq": ("fusion.train.vq", "train the VQ image tokenizer"),
+    "train-bpe": ("fusion.tokenizers.text", "train the sentencepiece BPE text tokenizer"),
+    "generate": ("fusion.api", "generate a mixed text+image document from a prompt"),
+    "convert": ("fusion.model.convert", "import a local HF Chameleon / Anole checkpoint"),
+    "bench": ("benchmarks.attention", "attention throughput benchmark (GPU)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser = argparse.ArgumentParser(prog="fusion", description=__doc__)
+        sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        for name, (_, help_text) in COMMANDS.items():
+            sub.add_parser(name, help=help_text)
+        parser.parse_args(argv[:1] or ["--help"])
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
