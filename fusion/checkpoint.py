@@ -3,7 +3,7 @@
 ``config.json, model.safetensors`` (the decoder), ``text.model`` (sentencepiece) and ``vq.safetensors,
 vq.json`` (the image tokenizer). Every file is written atomically, so a crash mid-save leaves the previous
 version of each file intact. A folder converted from HF Chameleon holds ``tokenizer.json`` instead of
-``text.model`` and may lack a VQ decoder; ``load_checkpoint`` handles both.
+``text.model`` and an encoder-only VQ (``hf_vqmodel.safetensors``); ``load_checkpoint`` reads both kinds.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 from fusion.model.transformer import Transformer
 from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.mixed import MixedTokenizer
-from fusion.tokenizers.text import TextTokenizer
+from fusion.tokenizers.text import HFTextTokenizer, TextTokenizer
 
 TEXT_MODEL = "text.model"
+HF_TEXT_TOKENIZER = "tokenizer.json"  # what `fusion convert` copies from an HF Chameleon folder
 
 
 def save_checkpoint(directory: str | os.PathLike, model: Transformer, tokenizer: MixedTokenizer) -> Path:
@@ -40,8 +41,11 @@ def load_checkpoint(directory: str | os.PathLike, *, device: str | torch.device 
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{directory} is not a fusion checkpoint: config.json is missing")
     model = Transformer.from_pretrained(directory, device=device, dtype=dtype)
-    if not (directory / TEXT_MODEL).is_file():
-        raise FileNotFoundError(f"{directory}: {TEXT_MODEL} is missing")
-    text = TextTokenizer.load(directory / TEXT_MODEL)
+    if (directory / TEXT_MODEL).is_file():
+        text = TextTokenizer.load(directory / TEXT_MODEL)
+    elif (directory / HF_TEXT_TOKENIZER).is_file():
+        text = HFTextTokenizer(directory / HF_TEXT_TOKENIZER)
+    else:
+        raise FileNotFoundError(f"{directory}: no text tokenizer ({TEXT_MODEL} or {HF_TEXT_TOKENIZER})")
     image = ImageTokenizer.from_pretrained(directory).to(device or "cpu")
     return model, MixedTokenizer(text, image, model.cfg.vocab)

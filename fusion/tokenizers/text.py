@@ -89,6 +89,27 @@ def _non_empty(texts: Iterable[str]) -> Iterator[str]:
             yield t
 
 
+class HFTextTokenizer:
+    """A HF ``tokenizer.json`` (Chameleon's BPE) behind TextTokenizer's interface; its ids are already global."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from tokenizers import Tokenizer
+
+        self.tk = Tokenizer.from_file(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tk.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        return self.tk.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tk.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
 def _corpus_texts(paths: Sequence[str]) -> Iterator[str]:
     """Texts of JSONL document files (their text segments) or of plain-text files (their lines)."""
     from fusion.document import read_jsonl

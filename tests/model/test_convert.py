@@ -145,3 +145,31 @@ def test_unsupported_vocab_layouts_and_configs_are_refused():
         model_config_from_hf({**base, "attention_bias": True})
     with pytest.raises(ValueError, match="rope type 'linear'"):
         model_config_from_hf({**base, "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
+
+
+def test_converted_folder_loads_as_a_whole_checkpoint(tmp_path):
+    """fusion.load on a converted folder: HF's tokenizer.json for text, HF's VQ encoder for images."""
+    from PIL import Image as PILImage
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from fusion.checkpoint import load_checkpoint
+    from fusion.document import Document
+
+    hf, src = hf_folder(tmp_path, swin_norm=False)
+    tk = Tokenizer(models.WordLevel(vocab=vocabulary_map(), unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.save(str(src / "tokenizer.json"))
+    model, tok = load_checkpoint(convert_hf_chameleon(src, tmp_path / "fusion"))
+
+    picture = PILImage.new("RGB", (20, 16), (200, 40, 90))
+    ids = tok.encode(Document.of("tok30 tok31", picture, "tok40"))
+    n = tok.tokens_per_image
+    assert ids[:3].tolist() == [0, 30, 31] and ids[3] == BOI and ids[4 + n] == EOI
+    assert ids[-2:].tolist() == [40, 2]
+    # the image ids are what HF's own VQ encoder and vocabulary mapping give for the same pixels
+    with torch.no_grad():
+        want = hf.model.get_image_tokens(tok.image.preprocess([picture]))
+    assert torch.equal(ids[4:4 + n], want.reshape(-1).long())
+    assert model.cfg.vocab == tok.vocab
+    with pytest.raises(RuntimeError, match="no decoder"):
+        tok.decode(ids)
