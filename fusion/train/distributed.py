@@ -1,0 +1,116 @@
+"""Parallelism applied from the outside: process groups from torchrun, FSDP2 / DDP, activation checkpointing, compile.
+
+Model code stays pure math (as in torchtitan's ``parallelize.py``): this module finds the transformer blocks
+and wraps them. ``fully_shard`` goes on every block and then on the root, so each block's parameters are
+gathered just before it runs and freed after.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group torchrun describes (RANK / WORLD_SIZE / LOCAL_RANK); single process otherwise.
+
+    nccl on CUDA, gloo on the CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10))
+    return DistInfo(rank, world, local, dev)
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder's list of blocks (``layers`` or ``blocks``)."""
+    for name in ("layers", "blocks"):
+        blocks = getattr(model, name, None)
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    raise TypeError(f"{type(model).__name__} has no 'layers' / 'blocks' ModuleList to wrap")
+
+
+class LossModule(nn.Module):
+    """``forward`` = ``model.loss``: gives DDP / FSDP one call to hook for the whole training step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, targets, doc_ids=None):
+        return self.model.loss(ids, targets, doc_ids=doc_ids)
+
+
+def parallelize(model: nn.Module, info: DistInfo, *, mode: str = "fsdp", activation_checkpointing: bool = False,
+                compile: bool = False) -> LossModule:
+    """Wrap ``model`` for training; returns a LossModule whose ``forward(ids, targets, doc_ids)`` is the loss.
+
+    Order matters: checkpoint and compile each block first, then shard (FSDP2's hooks go outermost). Mixed
+    precision comes from autocast in the loop, so parameters and gradient reductions stay fp32.
+    """
+    if mode not in ("fsdp", "ddp"):
+        raise ValueError(f"mode must be 'fsdp' or 'ddp', got {mode!r}")
+    blocks = transformer_blocks(model)
+    if activation_checkpointing:
+        from torch.distributed._composable import checkpoint  # keeps parameter names unchanged
+
+        for block in blocks:
+            checkpoint(block)
+    if compile:
+        for block in blocks:
+            block.compile()
+    wrapped = LossModule(model)
+    if not info.enabled:
+        return wrapped
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(wrapped, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    from torch.distributed.fsdp import fully_shard
+
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(wrapped)
+    return wrapped
+
+
+def all_reduce_(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """In-place all-reduce when distributed, a no-op otherwise."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

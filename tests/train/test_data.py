@@ -1,0 +1,173 @@
+import json
+import logging
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from fusion.data.synthetic import SyntheticWorld
+from fusion.document import Document
+from fusion.io import read_json
+from fusion.train import data as data_mod
+from fusion.train.data import IGNORE_INDEX, PackedDataset, TokenDocs, tokenize_corpus
+
+# ---------------------------------------------------------------- packing
+
+
+def unique_docs(lengths, seed=0):
+    """Documents whose tokens are all distinct, so each token names its document and position."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.permutation(sum(lengths)) + 10
+    cuts = np.cumsum([0, *lengths])
+    return [tokens[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+LENGTHS = [3, 30, 1, 7, 12, 5, 2, 19, 8, 4, 11, 6]  # 30 and 19 span several sequences of 8
+
+
+def test_packing_covers_every_token_once_and_targets_stay_inside_documents():
+    docs = unique_docs(LENGTHS)
+    ds = PackedDataset(TokenDocs.from_arrays(docs), seq_len=7, batch_size=3, pad_id=0, drop_last=False)
+    owner = {int(t): i for i, d in enumerate(docs) for t in d}
+    follows = {int(a): int(b) for d in docs for a, b in zip(d[:-1], d[1:], strict=True)}
+
+    seen, pairs = [], 0
+    for batch in ds.epoch_batches(0):
+        ids, targets, doc_ids = batch["ids"], batch["targets"], batch["doc_ids"]
+        assert ids.shape == targets.shape == doc_ids.shape == (3, 7)
+        for row_ids, row_t, row_d in zip(ids.tolist(), targets.tolist(), doc_ids.tolist(), strict=True):
+            for a, t in zip(row_ids, row_t, strict=True):
+                if t != IGNORE_INDEX:
+                    assert follows.get(a) == t, "a target must be the next token of the same document"
+                    pairs += 1
+            # equal doc ids <=> same source document (among real tokens)
+            real = [(a, d) for a, d in zip(row_ids, row_d, strict=True) if a in owner]
+            for a, da in real:
+                for b, db in real:
+                    assert (da == db) == (owner[a] == owner[b])
+    for i in range(ds.num_sequences):
+        tokens, _ = ds.sequence(0, i)
+        seen += [t for t in tokens.tolist() if t in owner]
+    assert sorted(seen) == sorted(owner), "every token exactly once per epoch"
+    # only the cut between consecutive sequences can lose a within-document pair
+    assert len(follows) - ds.num_sequences < pairs <= len(follows)
+
+
+def test_shuffle_is_deterministic_per_seed_and_epoch():
+    td = TokenDocs.from_arrays(unique_docs(LENGTHS))
+    a, b = (PackedDataset(td, seq_len=7, batch_size=2, seed=1) for _ in range(2))
+    c = PackedDataset(td, seq_len=7, batch_size=2, seed=2)
+    first = [x["ids"] for x in a.epoch_batches(0)]
+    assert all(torch.equal(x, y["ids"]) for x, y in zip(first, b.epoch_batches(0), strict=True))
+    assert not all(torch.equal(x, y["ids"]) for x, y in zip(first, a.epoch_batches(1), strict=True))
+    assert not all(torch.equal(x, y["ids"]) for x, y in zip(first, c.epoch_batches(0), strict=True))
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_rank_shards_are_disjoint_and_cover_the_global_batch(world):
+    td = TokenDocs.from_arrays(unique_docs(LENGTHS))
+    whole = PackedDataset(td, seq_len=5, batch_size=2 * world, drop_last=False)
+    ranks = [PackedDataset(td, seq_len=5, batch_size=2, rank=r, world_size=world, drop_last=False)
+             for r in range(world)]
+    assert {r.batches_per_epoch for r in ranks} == {whole.batches_per_epoch}
+    for i, ref in enumerate(whole.epoch_batches(0)):
+        rows = Counter(tuple(row) for r in ranks for row in r.batch(0, i)["ids"].tolist())
+        assert rows == Counter(tuple(row) for row in ref["ids"].tolist())
+
+
+def test_state_dict_resumes_exactly_across_epochs():
+    td = TokenDocs.from_arrays(unique_docs(LENGTHS))
+    a = PackedDataset(td, seq_len=7, batch_size=2, seed=3)
+    for _ in range(a.batches_per_epoch - 2):
+        next(a)
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [next(a) for _ in range(5)]  # runs into epoch 1
+    b = PackedDataset(td, seq_len=7, batch_size=2, seed=3)
+    b.load_state_dict(state)
+    for want in expected:
+        got = next(b)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(ValueError, match="seed"):
+        PackedDataset(td, seq_len=7, batch_size=2, seed=4).load_state_dict(state)
+
+
+def test_bad_arguments_are_refused():
+    td = TokenDocs.from_arrays(unique_docs(LENGTHS))
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        PackedDataset(td, seq_len=7, batch_size=100)
+    with pytest.raises(ValueError, match="rank"):
+        PackedDataset(td, seq_len=7, batch_size=1, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="empty"):
+        PackedDataset(TokenDocs.from_arrays([]), seq_len=7, batch_size=1)
+
+
+# ---------------------------------------------------------------- shards
+
+
+def test_shards_match_direct_encoding_count_corrupt_rows_and_resume(tokenizer, tmp_path, caplog, monkeypatch):
+    docs = list(SyntheticWorld(seed=4).documents(9, story_fraction=0.4))
+    lines = [json.dumps(d.to_json()) for d in docs]
+    lines.insert(2, "{not json")
+    lines.insert(5, json.dumps({"segments": [{"video": "x"}]}))
+    lines.insert(7, json.dumps({"segments": [{"image": "data:image/png;base64,AAAA"}]}))  # undecodable image
+    src = tmp_path / "docs.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "tokens"
+
+    with caplog.at_level(logging.WARNING, logger="fusion.train.data"):
+        shards = tokenize_corpus([src], tokenizer, out, docs_per_shard=4, batch_size=3)
+    assert len(shards) == 3  # 12 rows
+    metas = [read_json(s / "meta.json") for s in shards]
+    assert sum(m["skipped"] for m in metas) == 3 and sum(m["rows"] for m in metas) == 12
+    assert sum("skipped corrupt row" in r.message for r in caplog.records) == 3
+    assert all(m["dtype"] == "uint16" for m in metas)
+
+    got = TokenDocs.from_dir(out)
+    want = tokenizer.encode_batch(docs)
+    assert len(got) == len(docs)
+    for i, w in enumerate(want):
+        assert got[i].tolist() == w.tolist()
+
+    # a re-run redoes only the missing shard, and redoes it identically
+    before = (out / "shard_00001" / "tokens.bin").read_bytes()
+    for p in (out / "shard_00001").iterdir():
+        p.unlink()
+    (out / "shard_00001").rmdir()
+    written = []
+    real = data_mod._write_shard
+    monkeypatch.setattr(data_mod, "_write_shard", lambda shard, *a: (written.append(shard.name), real(shard, *a)))
+    tokenize_corpus([src], tokenizer, out, docs_per_shard=4, batch_size=3)
+    assert written == ["shard_00001"]
+    assert (out / "shard_00001" / "tokens.bin").read_bytes() == before
+
+
+def test_obelics_parquet_and_imagefolder_sources(tokenizer, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    world = SyntheticWorld(seed=5)
+    docs = list(world.documents(4, story_fraction=0.5))
+    pq.write_table(pa.Table.from_pylist([d.to_obelics() for d in docs]), tmp_path / "docs.parquet")
+
+    scenes = world.scenes(2)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    meta = []
+    for i, s in enumerate(scenes):
+        world.caption_to_image(s).images[0].save(folder / f"{i}.png")
+        meta.append(json.dumps({"file_name": f"{i}.png", "text": s.caption()}))
+    (folder / "metadata.jsonl").write_text("\n".join(meta) + "\n")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+    tokenize_corpus([tmp_path / "docs.parquet", folder], tokenizer, tmp_path / "tok", docs_per_shard=100)
+    got = TokenDocs.from_dir(tmp_path / "tok")
+    pairs = [Document.of(s.caption(), world.caption_to_image(s).images[0]) for s in scenes]
+    want = tokenizer.encode_batch(docs + pairs)
+    assert [got[i].tolist() for i in range(len(got))] == [w.tolist() for w in want]
+
+
+def test_unknown_source_is_refused(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match="unsupported data source"):
+        next(data_mod.read_rows(tmp_path / "x.csv"))

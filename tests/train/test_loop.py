@@ -1,0 +1,183 @@
+import errno
+import json
+import math
+
+import pytest
+import torch
+
+from fusion.checkpoint import load_checkpoint
+from fusion.data.synthetic import SyntheticWorld
+from fusion.train.checkpointing import latest_checkpoint
+from fusion.train.data import PackedDataset, TokenDocs
+from fusion.train.loop import TrainConfig, Trainer, TrainingDiverged, lr_factor
+from fusion.train.mfu import mfu, peak_flops
+
+from .conftest import make_model
+
+
+@pytest.fixture(scope="module")
+def docs(tokenizer) -> TokenDocs:
+    return TokenDocs.from_arrays(tokenizer.encode_batch(list(SyntheticWorld(seed=1).documents(60))))
+
+
+def make_trainer(tokenizer, docs, out, *, model_seed=0, dropout=0.1, **overrides) -> Trainer:
+    cfg = TrainConfig(**{**dict(steps=8, lr=3e-3, warmup=2, batch_size=2, seq_len=48, grad_accum=2, save_every=4,
+                                eval_every=4, eval_batches=2, keep_last=2, progress=False), **overrides})
+    train_docs, eval_docs = docs.split(0.2)
+    common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id, seed=cfg.seed)
+    model = make_model(tokenizer, seed=model_seed, dropout=dropout)
+    return Trainer(cfg, model, tokenizer, PackedDataset(train_docs, **common),
+                   PackedDataset(eval_docs, drop_last=False, **common), out)
+
+
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_the_cosine():
+    cfg = TrainConfig(steps=110, warmup=10, min_lr_ratio=0.1)
+    assert [lr_factor(cfg, s) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert lr_factor(cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(cfg, 60) == pytest.approx(0.1 + 0.9 * 0.5)  # half way down the cosine
+    assert lr_factor(cfg, 110) == pytest.approx(0.1)
+
+
+def test_mfu_is_achieved_over_peak_and_absent_on_cpu():
+    assert peak_flops("cpu") is None and mfu(1e4, 6e9, None) is None
+    assert mfu(1e4, 6e9, 989e12) == pytest.approx(1e4 * 6e9 / 989e12)
+
+
+def test_short_run_learns_and_writes_a_loadable_checkpoint(tokenizer, docs, tmp_path):
+    tr = make_trainer(tokenizer, docs, tmp_path, steps=40, seq_len=64, batch_size=4, grad_accum=1, dropout=0.0,
+                      eval_every=20, save_every=20)
+    hist = tr.fit()
+    first, last = hist[0]["loss"], sum(m["loss"] for m in hist[-5:]) / 5
+    assert first == pytest.approx(math.log(tokenizer.vocab.size), rel=0.1)  # a fresh model is near uniform
+    assert last < first - 1.5
+    assert hist[-1]["eval_ce"] < hist[19]["eval_ce"] < first
+    assert all({"ce_text", "ce_image", "z_loss", "tokens_per_s", "lr"} <= m.keys() for m in hist)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 40
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000020", "step_0000040"]
+
+    folder = latest_checkpoint(tmp_path)
+    assert folder.name == "step_0000040"
+    model, tok = load_checkpoint(folder)
+    ids = torch.tensor([docs[0][:32].tolist()])
+    with torch.no_grad():
+        assert torch.equal(model(ids), tr.model.eval()(ids))
+    assert tok.vocab == tokenizer.vocab
+
+
+def test_resume_continues_the_loss_curve_exactly(tokenizer, docs, tmp_path):
+    straight = make_trainer(tokenizer, docs, tmp_path / "a").fit()
+
+    killed = make_trainer(tokenizer, docs, tmp_path / "b")
+    step = killed.train_step
+
+    def step_then_die():  # the process dies during step 5, after the step-4 checkpoint
+        m = step()
+        if killed.step == 5:
+            raise KeyboardInterrupt
+        return m
+
+    killed.train_step = step_then_die
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+
+    fresh = make_trainer(tokenizer, docs, tmp_path / "b", model_seed=123)  # other init: weights must be restored
+    resumed = fresh.fit()
+    assert [m["step"] for m in resumed] == [5, 6, 7, 8]
+    for a, b in zip(straight[4:], resumed, strict=True):
+        assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"] and a["lr"] == b["lr"]
+    assert straight[-1]["eval_ce"] == resumed[-1]["eval_ce"]
+    a_final = load_checkpoint(tmp_path / "a" / "step_0000008")[0].state_dict()
+    b_final = fresh.model.state_dict()
+    assert all(torch.equal(a_final[k], b_final[k]) for k in a_final)
+    logged = [json.loads(ln)["loss"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [m["loss"] for m in straight]  # no duplicated or missing step in the curve
+
+
+def test_resume_refuses_a_changed_config_naming_the_fields(tokenizer, docs, tmp_path):
+    make_trainer(tokenizer, docs, tmp_path, steps=4).fit()
+    changed = make_trainer(tokenizer, docs, tmp_path, steps=4, lr=1e-3, weight_decay=0.0, dropout=0.2,
+                           eval_every=1)  # eval_every is bookkeeping: allowed
+    with pytest.raises(ValueError, match="configuration changed") as err:
+        changed.fit()
+    msg = str(err.value)
+    assert "lr: 0.003 -> 0.001" in msg and "weight_decay" in msg and "model.dropout" in msg
+    assert "eval_every" not in msg
+
+
+def nan_on(trainer, bad_steps):
+    """Make the model's loss NaN during the given (1-based) steps."""
+    loss = trainer.model.loss
+
+    def poisoned(*args, **kwargs):
+        out = loss(*args, **kwargs)
+        if trainer.step + 1 in bad_steps:
+            out.loss = out.loss * float("nan")
+        return out
+
+    trainer.model.loss = poisoned
+
+
+def test_a_nan_step_is_skipped_without_touching_the_weights(tokenizer, docs, tmp_path):
+    tr = make_trainer(tokenizer, docs, tmp_path)
+    nan_on(tr, {3})
+    tr.train_step(), tr.train_step()
+    before = weights(tr)
+    m = tr.train_step()
+    assert m["skipped"] and math.isnan(m["loss"])
+    assert all(torch.equal(before[k], v) for k, v in weights(tr).items())
+    assert not tr.train_step()["skipped"]
+    assert not all(torch.equal(before[k], v) for k, v in weights(tr).items())
+
+
+def test_consecutive_nan_steps_stop_training_and_keep_the_last_good_checkpoint(tokenizer, docs, tmp_path):
+    tr = make_trainer(tokenizer, docs, tmp_path, steps=20, save_every=2, max_bad_steps=3, keep_last=10)
+    nan_on(tr, set(range(5, 21)))
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
+        tr.fit()
+    assert tr.step == 7
+    folder = latest_checkpoint(tmp_path)
+    saved = load_checkpoint(folder)[0].state_dict()
+    assert all(torch.isfinite(t).all() for t in saved.values())
+    assert all(torch.equal(saved[k], v) for k, v in weights(tr).items())  # skipped steps changed nothing
+
+    with torch.no_grad():
+        tr.model.embed.weight[0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="non-finite weights"):
+        tr.save()
+    assert latest_checkpoint(tmp_path) == folder
+
+
+def test_disk_full_during_a_save_leaves_the_previous_checkpoint_intact(tokenizer, docs, tmp_path, monkeypatch):
+    tr = make_trainer(tokenizer, docs, tmp_path)
+    tr.train_step(), tr.train_step()
+    tr.save()
+    tr.train_step()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)  # optimizer.pt, after the model files were written
+    with pytest.raises(OSError, match="No space left"):
+        tr.save()
+    monkeypatch.undo()
+    assert latest_checkpoint(tmp_path).name == "step_0000002"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".step", "step"))) == ["step_0000002"]
+    load_checkpoint(tmp_path / "step_0000002")
+    again = make_trainer(tokenizer, docs, tmp_path)
+    again.resume(latest_checkpoint(tmp_path))
+    assert again.step == 2
+
+
+def test_activation_checkpointing_changes_memory_not_maths(tokenizer, docs, tmp_path):
+    runs = []
+    for ac in (False, True):
+        tr = make_trainer(tokenizer, docs, tmp_path / str(ac), activation_checkpointing=ac)
+        runs.append(([tr.train_step()["loss"] for _ in range(3)], weights(tr)))
+    (plain, w_plain), (ckpt, w_ckpt) = runs
+    assert plain == ckpt  # recomputation replays dropout's RNG too
+    assert w_plain.keys() == w_ckpt.keys() and all(torch.equal(w_plain[k], w_ckpt[k]) for k in w_plain)
