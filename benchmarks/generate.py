@@ -1,0 +1,210 @@
+"""Generation throughput on a GPU: decode tokens/s and GB/s, one CFG image vs HF, batched text-to-image.
+
+    python benchmarks/generate.py [--preset 1b] [--compile] [--csv benchmarks/generate.csv]
+
+Rows (random weights; correctness first: the greedy ids of our cached decode must equal a full recompute):
+- decode, batch 1, ``--preset`` shapes: tokens/s and achieved GB/s = (weight bytes + KV-cache bytes read per
+  token) / time per token, next to the same run's device-to-device copy bandwidth (the roof).
+- one image (1024 codes, CFG): wall time, ours vs HF transformers ``generate`` on the same converted random
+  Chameleon model (HF runs the image tokens with its own logits processors; both produce 1024 + 2 tokens).
+- batched text-to-image at batch 16 with CFG: images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import torch
+
+from fusion.inference.generate import generate_ids
+from fusion.model.config import ModelConfig
+from fusion.model.transformer import Transformer
+from fusion.vocab import Vocab
+
+CHAMELEON_VOCAB = dict(size=65536, text_start=0, text_count=65536, image_start=4, image_count=8192, pad_id=1,
+                       bos_id=0, eos_id=2, boi_id=8197, eoi_id=8196)
+
+
+def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy GB/s (read + write), the memory roof of this run."""
+    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * a.numel() * 2 * 10 / (time.perf_counter() - t) / 1e9
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def check_cached_equals_recompute(model, prompt: torch.Tensor, n: int = 8) -> None:
+    got = generate_ids(model, [prompt], max_new_tokens=n, tokens_per_image=1024, mode="text", temperature=0.0)[0]
+    seq = prompt.to(model.lm_head.weight.device)
+    mask = model.cfg.vocab.text_mask(seq.device)
+    with torch.no_grad():
+        for t in got.tolist():
+            want = model(seq[None])[0, -1].masked_fill(~mask, float("-inf")).argmax().item()
+            if want != t:
+                raise AssertionError("cached greedy decode differs from a full recompute; not timing it")
+            seq = torch.cat([seq, torch.tensor([t], device=seq.device)])
+
+
+def bench_decode(model, vocab, args, roof: float) -> dict:
+    prompt = torch.randint(8200, vocab.size, (args.prompt_len,))
+    check_cached_equals_recompute(model, prompt)
+    n = args.decode_tokens
+    kw = dict(max_new_tokens=n, tokens_per_image=1024, mode="text", temperature=0.0, compile=args.compile)
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: o.index_fill(-1, torch.tensor([vocab.eos_id],
+                                                                                           device=o.device),
+                                                                          float("-inf")))
+    generate_ids(model, [prompt], **{**kw, "max_new_tokens": 16})  # warm up / compile
+    dt = timed(lambda: generate_ids(model, [prompt], **kw))
+    hook.remove()
+    cfg = model.cfg
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    weight_bytes -= model.embed.weight.numel() * model.embed.weight.element_size()  # a row per token, not all
+    cache_len = args.prompt_len + n / 2  # mean length read per step
+    cache_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * cache_len * 2
+    gbs = (weight_bytes + cache_bytes) * n / dt / 1e9
+    return dict(bench="decode bs=1", shape=f"{args.preset} prompt={args.prompt_len} new={n}",
+                ours=f"{n / dt:.1f} tok/s", achieved_GBps=round(gbs, 1), roof_GBps=round(roof, 1),
+                hf="", note=f"{gbs / roof:.1%} of copy roof")
+
+
+def hf_chameleon(cfg: ModelConfig, directory: Path):
+    """A random HF Chameleon model of ``cfg``'s shapes, saved and converted to a fusion folder."""
+    import transformers
+
+    from fusion.model.convert import convert_hf_chameleon
+
+    vmap = {f"IMGIMG{''.join(chr(65 + int(c)) for c in str(i))}Z": 4 + i for i in range(8192)}
+    vmap.update({"<s>": 0, "<pad>": 1, "</s>": 2, "<racm3:break>": 8197, "<eoss>": 8196})
+    hf_cfg = transformers.ChameleonConfig(
+        vocab_size=65536, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=4096,
+        vocabulary_map=vmap, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+    torch.manual_seed(0)
+    hf = transformers.ChameleonForConditionalGeneration(hf_cfg).eval()
+    hf.save_pretrained(directory / "hf")
+    ours = convert_hf_chameleon(directory / "hf", directory / "fusion")
+    return hf.to("cuda", torch.bfloat16), Transformer.from_pretrained(ours, device="cuda", dtype=torch.bfloat16)
+
+
+def bench_image(hf, ours, args) -> list[dict]:
+    """One CFG image (1024 codes) ours vs HF, then batch-16 text-to-image with CFG."""
+    import transformers
+
+    v = ours.cfg.vocab
+    prompt = torch.cat([torch.tensor([v.bos_id]), torch.randint(8200, v.size, (args.prompt_len - 1,))])
+    kw = dict(max_new_tokens=1025, tokens_per_image=1024, mode="image", cfg_scale=3.0, temperature=1.0, top_k=0,
+              compile=args.compile)
+    generate_ids(ours, [prompt], **kw)  # warm up / compile
+    ours_s = timed(lambda: generate_ids(ours, [prompt], **kw))
+
+    # HF: cond + uncond rows in one batch, the same guidance formula, image ids only, exactly 1024 + eoi.
+    class CFG(transformers.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            c, u = scores.chunk(2)
+            mixed = u + 3.0 * (c - u)
+            allowed = torch.zeros_like(mixed, dtype=torch.bool)
+            allowed[:, v.image_start:v.image_start + v.image_count] = input_ids.shape[1] < hf_len + 1024
+            allowed[:, v.eoi_id] = input_ids.shape[1] >= hf_len + 1024
+            return mixed.masked_fill(~allowed, float("-inf")).repeat(2, 1)
+
+    cond = torch.cat([prompt, torch.tensor([v.boi_id])])
+    uncond = torch.cat([torch.full((len(cond) - 2,), v.pad_id), torch.tensor([v.bos_id, v.boi_id])])
+    ids = torch.stack([cond, uncond]).cuda()
+    attn = torch.stack([torch.ones(len(cond)), torch.cat([torch.zeros(len(cond) - 2), torch.ones(2)])]).long().cuda()
+    hf_len = ids.shape[1]
+    # HF forbids image ids in its forward; lift that so it can write an image the same way we do.
+    hf_kw = dict(attention_mask=attn, max_new_tokens=1025, min_new_tokens=1025, do_sample=True, top_k=0,
+                 logits_processor=[CFG()], pad_token_id=v.pad_id)
+    with torch.no_grad(), _hf_allows_image_tokens(hf):
+        hf.generate(ids, **{**hf_kw, "max_new_tokens": 16, "min_new_tokens": 16})
+        hf_s = timed(lambda: hf.generate(ids, **hf_kw))
+    rows = [dict(bench="1 image, CFG 3", shape=f"1024 codes prompt={args.prompt_len}", ours=f"{ours_s:.2f} s",
+                 achieved_GBps="", roof_GBps="", hf=f"{hf_s:.2f} s", note=f"{hf_s / ours_s:.1f}x faster than HF")]
+
+    B = args.image_batch
+    prompts = [torch.cat([torch.tensor([v.bos_id]), torch.randint(8200, v.size, (args.prompt_len - 1 - b % 5,))])
+               for b in range(B)]
+    generate_ids(ours, prompts[:2], **{**kw, "max_new_tokens": 1025})  # warm up the batch shapes
+    dt = timed(lambda: generate_ids(ours, prompts, **kw))
+    rows.append(dict(bench=f"text-to-image bs={B}, CFG 3", shape="1024 codes, ragged prompts",
+                     ours=f"{B / dt:.3f} images/s", achieved_GBps="", roof_GBps="", hf="",
+                     note=f"{B * 1025 / dt:.0f} tok/s"))
+    return rows
+
+
+class _hf_allows_image_tokens:
+    """Temporarily stop HF Chameleon from setting image-id logits to -inf in forward (for image generation)."""
+
+    def __init__(self, hf) -> None:
+        self.mapping = hf.model.vocabulary_mapping
+
+    def __enter__(self):
+        self.saved = type(self.mapping).image_tokens
+        type(self.mapping).image_tokens = property(lambda self: [])
+        return self
+
+    def __exit__(self, *exc):
+        type(self.mapping).image_tokens = self.saved
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print(" | ".join(c.ljust(widths[c]) for c in cols))
+    print("-|-".join("-" * widths[c] for c in cols))
+    for r in rows:
+        print(" | ".join(str(r[c]).ljust(widths[c]) for c in cols))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="1b", help="ModelConfig preset for the decode row")
+    ap.add_argument("--prompt-len", type=int, default=32)
+    ap.add_argument("--decode-tokens", type=int, default=256)
+    ap.add_argument("--image-batch", type=int, default=16)
+    ap.add_argument("--compile", action="store_true", help="torch.compile(mode='reduce-overhead') the decode step")
+    ap.add_argument("--skip-hf", action="store_true", help="skip the HF comparison and image rows")
+    ap.add_argument("--workdir", default="/tmp/fusion_bench_generate")
+    ap.add_argument("--csv", default="benchmarks/generate.csv")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks/generate.py needs a CUDA GPU (no numbers are produced on a CPU)")
+    torch.manual_seed(0)
+    vocab = Vocab(**CHAMELEON_VOCAB)
+    cfg = ModelConfig.preset(args.preset, vocab)
+    with torch.device("cuda"):
+        model = Transformer(cfg).to(torch.bfloat16).eval()
+    roof = copy_bandwidth("cuda")
+    rows = [bench_decode(model, vocab, args, roof)]
+    del model
+    if not args.skip_hf:
+        hf, ours = hf_chameleon(cfg, Path(args.workdir))
+        rows += bench_image(hf, ours, args)
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, compile={args.compile}")
+    print_table(rows)
+    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Logits processors and the token sampler: batched, on-device, no host sync.
+
+Every knob takes a Python number (one value for the batch) or a tensor [B] (one value per row). Guidance
+mixes raw logits, as Chameleon's ``InBatchCFGLogitsProcessor`` and LlamaGen do:
+``uncond + scale * (cond - uncond)``; scale 1 is the conditional model itself. Modality masks are applied
+after guidance, because ``-inf - -inf`` is NaN.
+"""
+
+from __future__ import annotations
+
+import torch
+
+Knob = float | int | torch.Tensor
+
+
+def _per_row(x: Knob, logits: torch.Tensor) -> torch.Tensor:
+    """A knob as a [B, 1] tensor on the logits' device."""
+    t = torch.as_tensor(x, device=logits.device)
+    return t.reshape(-1, 1) if t.dim() else t.expand(logits.shape[0]).reshape(-1, 1)
+
+
+def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: Knob) -> torch.Tensor:
+    """Classifier-free guidance on raw logits: ``uncond + scale * (cond - uncond)``."""
+    return uncond + _per_row(scale, cond) * (cond - uncond)
+
+
+def cfg_mix3(full: torch.Tensor, image_only: torch.Tensor, uncond: torch.Tensor, text_scale: Knob,
+             image_scale: Knob) -> torch.Tensor:
+    """Chameleon's 3-way (InstructPix2Pix) guidance: the prompt's images and its text are guided separately.
+
+    ``uncond + image_scale * (image_only - uncond) + text_scale * (full - image_only)``.
+    """
+    return (uncond + _per_row(image_scale, full) * (image_only - uncond)
+            + _per_row(text_scale, full) * (full - image_only))
+
+
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: Knob) -> torch.Tensor:
+    """CTRL / HF rule on ids in ``seen`` [B, V] bool: positive logits divided by ``penalty``, negative multiplied."""
+    p = _per_row(penalty, logits).to(logits.dtype)
+    penalised = torch.where(logits > 0, logits / p, logits * p)
+    return torch.where(seen, penalised, logits)
+
+
+def top_k_filter(logits: torch.Tensor, k: Knob) -> torch.Tensor:
+    """Keep each row's ``k`` largest logits (ties at the k-th value kept); k <= 0 keeps all."""
+    V = logits.shape[-1]
+    if isinstance(k, int):  # one k for the batch: topk is cheaper than a full sort
+        return logits if k <= 0 else logits.masked_fill(logits < logits.topk(min(k, V), -1).values[:, -1:],
+                                                         float("-inf"))
+    k = _per_row(k, logits).long()
+    kth = logits.sort(dim=-1, descending=True).values.gather(-1, (k.clamp(1, V) - 1))
+    keep = (logits >= kth) | (k <= 0)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: Knob) -> torch.Tensor:
+    """Nucleus: keep the smallest prefix of tokens (by probability) whose mass reaches ``p``; p >= 1 keeps all."""
+    p = _per_row(p, logits).to(logits.dtype)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs  # exclusive: the top token is always kept
+    keep_sorted = (mass_before < p) | (p >= 1)
+    keep = torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
+def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """-inf wherever ``allowed`` ([V] or [B, V] bool) is False."""
+    return logits.masked_fill(~allowed, float("-inf"))
+
+
+def sample(logits: torch.Tensor, temperature: Knob, noise: torch.Tensor) -> torch.Tensor:
+    """Next ids [B]: argmax where temperature is 0, else a draw from softmax(logits / temperature).
+
+    ``noise`` [B, V] holds Exp(1) draws (``torch.empty(...).exponential_(generator=g)``): argmax(p / noise)
+    is an exact sample of p without ``torch.multinomial``'s host sync, and keeping the randomness an
+    input makes a compiled step reproduce eager results for the same seed.
+    """
+    t = _per_row(temperature, logits).to(logits.dtype)
+    greedy = logits.argmax(-1)
+    probs = (logits / t.clamp(min=1e-6)).softmax(-1)
+    drawn = (probs / noise).argmax(-1)
+    return torch.where(t.squeeze(-1) > 0, drawn, greedy)
+
+
+def process(logits: torch.Tensor, *, allowed: torch.Tensor | None = None, seen: torch.Tensor | None = None,
+            repetition_penalty: Knob = 1.0, top_k: Knob = 0, top_p: Knob = 1.0) -> torch.Tensor:
+    """The usual chain: repetition penalty, modality mask, top-k, top-p (each skipped when off)."""
+    if seen is not None and not (isinstance(repetition_penalty, (int, float)) and repetition_penalty == 1.0):
+        logits = apply_repetition_penalty(logits, seen, repetition_penalty)
+    if allowed is not None:
+        logits = mask_logits(logits, allowed)
+    if not (isinstance(top_k, int) and top_k <= 0):
+        logits = top_k_filter(logits, top_k)
+    if not (isinstance(top_p, (int, float)) and top_p >= 1.0):
+        logits = top_p_filter(logits, top_p)
+    return logits
+
+
+def check_knobs(*, temperature: Knob, top_k: Knob, top_p: Knob, repetition_penalty: Knob,
+                cfg_scale: Knob) -> None:
+    """ValueError for knobs out of range (checked once on the host, before generation starts)."""
+    def bad(x: Knob, ok) -> bool:
+        t = torch.as_tensor(x, dtype=torch.float64)
+        return not bool(ok(t).all()) or not bool(torch.isfinite(t).all())
+
+    if bad(temperature, lambda t: t >= 0):
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if bad(top_k, lambda t: (t >= 0) & (t == t.round())):
+        raise ValueError(f"top_k must be a non-negative integer (0 = off), got {top_k}")
+    if bad(top_p, lambda t: (t > 0) & (t <= 1)):
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    if bad(repetition_penalty, lambda t: t > 0):
+        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
+    if bad(cfg_scale, lambda t: t >= 0):
+        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")

@@ -1,0 +1,244 @@
+"""generate_ids against an independent reference: full recompute, one row at a time, plain-Python rules."""
+
+import pytest
+import torch
+
+from fusion.inference.generate import generate_ids
+from fusion.vocab import Vocab
+
+from .conftest import bias_logits, make_model
+
+N = 6  # tokens per image: small so images fit in short runs
+VOCAB = Vocab.build(40, 24)
+
+
+def image_spans_ok(ids: list[int], v: Vocab, n: int, start_in_image: int | None = None) -> list[bool]:
+    """Walk an output; assert every image is exactly n codes then eoi. Returns per-token 'inside an image'."""
+    inside, left, flags = start_in_image is not None, n - (start_in_image or 0), []
+    for t in ids:
+        flags.append(inside)
+        if inside:
+            if left:
+                assert v.is_image_id(t), (ids, t)
+                left -= 1
+            else:
+                assert t == v.eoi_id, ids
+                inside = False
+        else:
+            assert not v.is_image_id(t) and t != v.eoi_id, ids
+            if t == v.boi_id:
+                inside, left = True, n
+    return flags
+
+
+def reference(model, prompt: list[int], *, n: int, max_new: int, mode: str, cfg_scale: float = 1.0) -> list[int]:
+    """Greedy, full recompute, the modality rules spelt out per token (what generate_ids must reproduce)."""
+    v = model.cfg.vocab
+    seq, out = list(prompt), []
+    boi_pos = max((i for i, t in enumerate(seq) if t == v.boi_id), default=-1)
+    inside = boi_pos > max((i for i, t in enumerate(seq) if t == v.eoi_id), default=-1)
+    if mode == "image" and not inside:  # boi forced at once
+        seq.append(v.boi_id)
+        out.append(v.boi_id)
+        boi_pos, inside = len(seq) - 1, True
+    uncond = [v.bos_id] + (seq[boi_pos:] if inside else [])  # the prompt without its conditioning
+    left = n - (len(seq) - boi_pos - 1) if inside else 0
+    images = {"text": 0, "image": 1, "mixed": 10**9}[mode]
+    text_ids = [i for i in range(v.text_start, v.text_start + v.text_count)] + [v.eos_id]
+    image_ids = list(range(v.image_start, v.image_start + v.image_count))
+    with torch.no_grad():
+        for step in range(max_new):
+            logits = model(torch.tensor([seq], dtype=torch.long))[0, -1].double()
+            if inside and cfg_scale != 1.0:
+                u = model(torch.tensor([uncond], dtype=torch.long))[0, -1].double()
+                logits = u + cfg_scale * (logits - u)
+            if inside:
+                allowed = image_ids if left else [v.eoi_id]
+            else:
+                allowed = text_ids + ([v.boi_id] if images > 0 and max_new - step >= n + 2 else [])
+            tok = max(allowed, key=lambda i: logits[i].item())
+            seq.append(tok)
+            uncond.append(tok)
+            out.append(tok)
+            if inside:
+                if tok == v.eoi_id:
+                    inside, images = False, images - 1
+                    if images == 0:
+                        break
+                else:
+                    left -= 1
+            elif tok == v.boi_id:
+                inside, left = True, n
+            elif tok == v.eos_id:
+                break
+    return out
+
+
+def prompts(seed: int, lengths=(3, 7, 5)) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.cat([torch.tensor([VOCAB.bos_id]), torch.randint(VOCAB.text_start, VOCAB.text_start + 40, (n - 1,),
+                                                                     generator=g)]) for n in lengths]
+
+
+def test_image_mode_gives_exactly_n_codes_then_eoi():
+    model = make_model(VOCAB)
+    out = generate_ids(model, prompts(0), max_new_tokens=N + 1, tokens_per_image=N, mode="image", temperature=1.0,
+                       seed=3)
+    for ids in out:
+        assert len(ids) == N + 2 and ids[0] == VOCAB.boi_id and ids[-1] == VOCAB.eoi_id
+        assert bool(VOCAB.image_id_mask(ids[1:-1]).all())
+    # the image ends the row even when the budget has room for more
+    out = generate_ids(model, prompts(0), max_new_tokens=3 * N, tokens_per_image=N, mode="image", seed=3)
+    assert all(len(ids) == N + 2 for ids in out)
+
+
+@pytest.mark.parametrize("mode,cfg_scale", [("mixed", 1.0), ("text", 1.0), ("image", 3.0), ("mixed", 2.0)])
+def test_kv_cache_batch_equals_full_recompute_per_row(mode, cfg_scale):
+    model = make_model(VOCAB, seed=1)
+    hook = bias_logits(model, [VOCAB.boi_id], 2.0)  # make images frequent enough to matter
+    try:
+        ps = prompts(1)
+        ps.append(torch.cat([ps[0], torch.tensor([VOCAB.boi_id]), VOCAB.image_ids(torch.tensor([5, 9]))])) \
+            if mode != "text" else None
+        got = generate_ids(model, ps, max_new_tokens=24, tokens_per_image=N, mode=mode, temperature=0.0,
+                           cfg_scale=cfg_scale)
+        for p, ids in zip(ps, got, strict=True):
+            assert ids.tolist() == reference(model, p.tolist(), n=N, max_new=24, mode=mode, cfg_scale=cfg_scale)
+    finally:
+        hook.remove()
+    if mode == "mixed":
+        assert any(VOCAB.boi_id in ids.tolist() for ids in got[:-1])  # the test exercised image starts
+
+
+def test_rows_in_different_modalities_at_the_same_step():
+    model = make_model(VOCAB, seed=2)
+    hook = bias_logits(model, [VOCAB.eos_id], -20.0)  # rows keep going
+    try:
+        text_row = prompts(2, (4,))[0]
+        image_row = torch.cat([text_row, torch.tensor([VOCAB.boi_id]), VOCAB.image_ids(torch.tensor([1, 2, 3]))])
+        out = generate_ids(model, [text_row, image_row], max_new_tokens=12, tokens_per_image=N, mode="mixed",
+                           temperature=1.0, seed=0)
+    finally:
+        hook.remove()
+    in_text = image_spans_ok(out[0].tolist(), VOCAB, N)
+    in_image = image_spans_ok(out[1].tolist(), VOCAB, N, start_in_image=3)
+    assert not in_text[0] and in_image[0]  # step 0: one row samples text while the other writes codes
+    assert out[1][N - 3] == VOCAB.eoi_id and bool(VOCAB.image_id_mask(out[1][:N - 3]).all())
+
+
+def test_mixed_sampling_keeps_spans_exact_and_never_starts_an_unfinishable_image():
+    model = make_model(VOCAB, seed=3)
+    hook = bias_logits(model, [VOCAB.boi_id], 6.0)  # boi whenever allowed
+    try:
+        out = generate_ids(model, prompts(3) * 2, max_new_tokens=40, tokens_per_image=N, mode="mixed",
+                           temperature=1.5, top_k=10, seed=1)
+        for ids in out:
+            image_spans_ok(ids.tolist(), VOCAB, N)
+            assert (ids == VOCAB.boi_id).sum() >= 2
+        for budget, images in ((N + 1, 0), (N + 2, 1)):  # an image needs boi + N codes + eoi
+            out = generate_ids(model, prompts(3), max_new_tokens=budget, tokens_per_image=N, mode="mixed",
+                               temperature=0.0)
+            for ids in out:
+                image_spans_ok(ids.tolist(), VOCAB, N)
+                assert int((ids == VOCAB.boi_id).sum()) == images and len(ids) <= budget
+    finally:
+        hook.remove()
+
+
+def test_seed_reproduces_and_text_mode_never_emits_image_ids():
+    model = make_model(VOCAB, seed=4)
+    kw = dict(max_new_tokens=16, tokens_per_image=N, mode="text", temperature=2.0, top_p=0.95,
+              repetition_penalty=1.3)
+    a, b, c = (generate_ids(model, prompts(4), seed=s, **kw) for s in (7, 7, 8))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert any(not torch.equal(x, y) for x, y in zip(a, c, strict=True))
+    for ids in a:
+        assert not bool(VOCAB.image_id_mask(ids).any()) and VOCAB.boi_id not in ids.tolist()
+        assert VOCAB.eos_id not in ids[:-1].tolist()  # eos only ever ends a row
+
+
+def test_stop_callback_cuts_and_ends_the_row():
+    model = make_model(VOCAB, seed=5)
+    full = generate_ids(model, prompts(5), max_new_tokens=20, tokens_per_image=N, mode="text", temperature=0.0)
+    target = full[1][4].item()
+    stop = lambda ids: next((i + 1 for i, t in enumerate(ids.tolist()) if t == target), None)  # noqa: E731
+    got = generate_ids(model, prompts(5), max_new_tokens=20, tokens_per_image=N, mode="text", temperature=0.0,
+                       stop=stop, sync_every=3)
+    for f, g in zip(full, got, strict=True):
+        k = stop(f)
+        assert torch.equal(g, f if k is None else f[:k])
+
+
+def test_hf_chameleon_greedy_parity(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from fusion.model.convert import convert_hf_chameleon
+    from fusion.model.transformer import Transformer
+
+    n_img, size, boi, eoi = 16, 300, 251, 250
+    vmap = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<eoss>": eoi, "<racm3:break>": boi, "<image>": 252}
+    vmap.update({"IMGIMG" + "".join(chr(65 + int(c)) for c in str(i)) + "Z": 4 + i for i in range(n_img)})
+    vmap.update({f"tok{i}": i for i in range(4 + n_img, size) if i not in vmap.values()})
+    cfg = transformers.ChameleonConfig(
+        vocab_size=size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        vocabulary_map=vmap, vq_config=dict(embed_dim=8, num_embeddings=n_img, latent_channels=8, resolution=16,
+                                            base_channels=32, channel_multiplier=[1, 1], num_res_blocks=1,
+                                            attn_resolutions=[]))
+    torch.manual_seed(0)
+    hf = transformers.ChameleonForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # randomise every weight, norms around 1
+        for name, p in hf.named_parameters():
+            p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path / "hf")
+    ours = Transformer.from_pretrained(convert_hf_chameleon(tmp_path / "hf", tmp_path / "fusion"))
+    v = ours.cfg.vocab
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.cat([torch.tensor([0]), torch.randint(4 + n_img, 250, (9,), generator=g)])
+    got = generate_ids(ours, [prompt], max_new_tokens=20, tokens_per_image=64, mode="text",
+                       temperature=0.0)[0]
+    # HF masks image codes itself; fusion's text mode also masks the control ids, so HF suppresses those too.
+    with torch.no_grad():
+        want = hf.generate(prompt[None], max_new_tokens=20, do_sample=False,
+                           suppress_tokens=[v.pad_id, v.bos_id, v.boi_id, v.eoi_id])[0, len(prompt):]
+    assert len(got) == 20 and got.tolist() == want.tolist()
+
+
+def test_bad_inputs_are_refused():
+    model = make_model(VOCAB, max_seq_len=32)
+    p = prompts(6)
+    kw = dict(tokens_per_image=N, temperature=0.0)
+    with pytest.raises(ValueError, match="context of 32"):
+        generate_ids(model, [torch.ones(30, dtype=torch.long)], max_new_tokens=4, **kw)
+    with pytest.raises(ValueError, match="cannot finish the image"):
+        generate_ids(model, p, max_new_tokens=N, mode="image", **kw)
+    open_image = torch.cat([p[0], torch.tensor([VOCAB.boi_id]), VOCAB.image_ids(torch.tensor([0]))])
+    with pytest.raises(ValueError, match="ends inside an image"):
+        generate_ids(model, [open_image], max_new_tokens=8, mode="text", **kw)
+    with pytest.raises(ValueError, match="malformed image span"):
+        generate_ids(model, [torch.cat([open_image, torch.tensor([VOCAB.text_start])])], max_new_tokens=8, **kw)
+    with pytest.raises(ValueError, match="cfg_scale"):
+        generate_ids(model, p, max_new_tokens=8, mode="image", cfg_scale=-1.0, **kw)
+    with pytest.raises(ValueError, match="mode"):
+        generate_ids(model, p, max_new_tokens=8, mode="video", **kw)
+    with pytest.raises(ValueError, match="vocabulary"):
+        generate_ids(model, [torch.tensor([VOCAB.size])], max_new_tokens=8, **kw)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate_ids(model, p, max_new_tokens=0, **kw)
+    with pytest.raises(TypeError, match="1-D integer"):
+        generate_ids(model, [torch.ones(2, 3, dtype=torch.long)], max_new_tokens=4, **kw)
+
+
+def test_three_way_guidance_drops_text_then_images_as_chameleon():
+    model = make_model(VOCAB, seed=6)
+    v = VOCAB
+    image = torch.cat([torch.tensor([v.boi_id]), v.image_ids(torch.arange(N)), torch.tensor([v.eoi_id])])
+    text = prompts(6, (4,))[0]
+    prompt = torch.cat([text, image, torch.tensor([v.text_start + 3])])
+    got = generate_ids(model, [prompt], max_new_tokens=N + 1, tokens_per_image=N, mode="image", temperature=0.0,
+                       cfg_scale=2.5, cfg_image_scale=1.5)[0]
+    rows = {"full": prompt, "image_only": torch.cat([text[:1], image]), "uncond": text[:1]}
+    with torch.no_grad():
+        last = {k: model(torch.cat([r, torch.tensor([v.boi_id])])[None])[0, -1].double() for k, r in rows.items()}
+    mixed = last["uncond"] + 1.5 * (last["image_only"] - last["uncond"]) + 2.5 * (last["full"] - last["image_only"])
+    want = v.image_start + mixed[v.image_start:v.image_start + v.image_count].argmax()
+    assert got[:2].tolist() == [v.boi_id, int(want)]
