@@ -42,7 +42,7 @@ class DemoConfig:
     documents: int = 6000       # training corpus (caption pairs both ways + stories)
     eval_prompts: int = 200     # held-out scenes per direction
     bpe_vocab: int = 512
-    vq_steps: int = 600
+    vq_steps: int = 800
     lm_steps: int = 1400
     lm_batch: int = 16
     seq_len: int = 256
