@@ -1,8 +1,9 @@
-"""Per-op backend choice: triton | flash_attn | sdpa | eager.
+"""Per-op backend choice: triton | flash_attn | sdpa | eager | chunked.
 
 Every hot op of the model is called through this module, so a backend can be
 swapped without touching model code. The choice is explicit: the default is
-picked from the device (Triton/SDPA on CUDA, eager/SDPA on CPU), the env var
+picked from the device (Triton on CUDA when installed; SDPA / eager on CPU, and
+the ``chunked`` fused linear-CE everywhere; flash_attn only when asked), the env var
 ``FUSION_KERNELS="attention=sdpa,rms_norm=eager"`` or ``set_backend`` override
 it, and each op logs the backend it runs once.
 
@@ -16,10 +17,17 @@ Tensor layouts (the contract every backend implements):
 - swiglu:      gate, up [..., F] -> silu(gate) * up
 - linear_cross_entropy: hidden [N, d], weight [V, d], targets [N] (ignore_index
                allowed) -> (ce [N], lse [N]) per token; ignored rows give 0
+- rope:        q [B, Hq, T, D], k [B, Hk, T, D], cos/sin [T, D], [B, T, D] or
+               [B, 1, T, D] (rotate-half convention) -> (q, k) rotated
+
+Triton backends on CPU run only under ``TRITON_INTERPRET=1`` (set before triton
+is imported); that is how tests exercise them. The triton attention backend
+reads ``doc_ids`` as contiguous runs (how packing lays documents out).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -29,7 +37,9 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-OPS = ("attention", "decode_attention", "rms_norm", "swiglu", "linear_cross_entropy")
+OPS = ("attention", "decode_attention", "rms_norm", "swiglu", "linear_cross_entropy", "rope")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
 _overrides: dict[str, str] = {}
 _logged: set[tuple[str, str]] = set()
 
@@ -57,15 +67,21 @@ def set_backend(op: str, backend: str | None) -> None:
 
 def backend_for(op: str, device: torch.device) -> str:
     """The backend ``op`` runs on ``device``: override, env var, then device default."""
-    choice = _overrides.get(op) or _env_overrides().get(op)
-    if choice is None:
-        choice = "sdpa" if op in ("attention", "decode_attention") else "eager"
+    choice = _overrides.get(op) or _env_overrides().get(op) or _default(op, device)
     if choice not in _IMPLS[op]:
         raise ValueError(f"backend {choice!r} is not available for {op}; have {sorted(_IMPLS[op])}")
     if (op, choice) not in _logged:
         _logged.add((op, choice))
         log.info("fusion.kernels: %s -> %s (%s)", op, choice, device.type)
     return choice
+
+
+def _default(op: str, device: torch.device) -> str:
+    if device.type == "cuda" and HAS_TRITON:
+        return "triton"
+    if op == "linear_cross_entropy":
+        return "chunked"
+    return "sdpa" if op in ("attention", "decode_attention") else "eager"
 
 
 # ---------------------------------------------------------------- eager / SDPA
@@ -126,13 +142,102 @@ def _linear_cross_entropy_eager(hidden, weight, targets, *, ignore_index):
     return ce, lse * (targets != ignore_index)
 
 
+def _rope_table(t: torch.Tensor) -> torch.Tensor:
+    """cos/sin [T, D] | [B, T, D] | [B, 1, T, D] -> broadcastable against [B, H, T, D]."""
+    return {2: lambda: t[None, None], 3: lambda: t[:, None], 4: lambda: t}[t.dim()]()
+
+
+def _rope_eager(q, k, cos, sin):
+    cos, sin = _rope_table(cos), _rope_table(sin)
+
+    def rotate(x):
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+    return rotate(q), rotate(k)
+
+
+def _linear_cross_entropy_chunked(hidden, weight, targets, *, ignore_index):
+    from fusion.kernels.cross_entropy import linear_cross_entropy
+    return linear_cross_entropy(hidden, weight, targets, ignore_index=ignore_index)
+
+
+# ----------------------------------------------------- triton / flash_attn
+# Imported on first call so that ``import fusion`` needs neither package.
+
+
+def _attention_triton(q, k, v, *, causal, doc_ids, scale):
+    from fusion.kernels.attention import flash_attention
+    return flash_attention(q, k, v, causal=causal, doc_ids=doc_ids, scale=scale)
+
+
+def _decode_triton(q, k_cache, v_cache, cache_seqlens, *, scale):
+    from fusion.kernels.decode import decode_attention
+    return decode_attention(q, k_cache, v_cache, cache_seqlens, scale=scale)
+
+
+def _rms_norm_triton(x, weight, eps):
+    from fusion.kernels.rmsnorm import rms_norm
+    return rms_norm(x, weight, eps)
+
+
+def _swiglu_triton(gate, up):
+    from fusion.kernels.swiglu import swiglu
+    return swiglu(gate, up)
+
+
+def _linear_cross_entropy_triton(hidden, weight, targets, *, ignore_index):
+    from fusion.kernels.cross_entropy import linear_cross_entropy
+    return linear_cross_entropy(hidden, weight, targets, ignore_index=ignore_index, use_triton=True)
+
+
+def _rope_triton(q, k, cos, sin):
+    from fusion.kernels.rope import rope
+    return rope(q, k, cos, sin)
+
+
+def _attention_flash(q, k, v, *, causal, doc_ids, scale):
+    """flash-attn wants [B, T, H, D]; packed documents go through its varlen entry (one host sync)."""
+    from flash_attn import flash_attn_func, flash_attn_varlen_func
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if doc_ids is None:
+        return flash_attn_func(q, k, v, causal=causal, softmax_scale=scale).transpose(1, 2)
+    B, T, H, D = q.shape
+    first = torch.ones_like(doc_ids, dtype=torch.bool)
+    first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    starts = first.flatten().nonzero().flatten()
+    cu = torch.cat([starts, starts.new_tensor([B * T])]).to(torch.int32)
+    max_len = int((cu[1:] - cu[:-1]).max())
+    flat = lambda x: x.reshape(B * T, x.shape[2], D)
+    out = flash_attn_varlen_func(flat(q), flat(k), flat(v), cu, cu, max_len, max_len, causal=causal,
+                                 softmax_scale=scale)
+    return out.view(B, T, H, D).transpose(1, 2)
+
+
+def _decode_flash(q, k_cache, v_cache, cache_seqlens, *, scale):
+    # flash-attn aligns causal queries to the end of cache_seqlens keys: our contract exactly.
+    from flash_attn import flash_attn_with_kvcache
+    out = flash_attn_with_kvcache(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2),
+                                  cache_seqlens=cache_seqlens.to(torch.int32), softmax_scale=scale, causal=True)
+    return out.transpose(1, 2)
+
+
 _IMPLS: dict[str, dict[str, object]] = {
     "attention": {"sdpa": _attention_sdpa, "eager": _attention_eager},
     "decode_attention": {"sdpa": _decode_sdpa},
     "rms_norm": {"eager": _rms_norm_eager},
     "swiglu": {"eager": _swiglu_eager},
-    "linear_cross_entropy": {"eager": _linear_cross_entropy_eager},
+    "linear_cross_entropy": {"eager": _linear_cross_entropy_eager, "chunked": _linear_cross_entropy_chunked},
+    "rope": {"eager": _rope_eager},
 }
+if HAS_TRITON:
+    for _op, _fn in (("attention", _attention_triton), ("decode_attention", _decode_triton),
+                     ("rms_norm", _rms_norm_triton), ("swiglu", _swiglu_triton),
+                     ("linear_cross_entropy", _linear_cross_entropy_triton), ("rope", _rope_triton)):
+        _IMPLS[_op]["triton"] = _fn
+if HAS_FLASH_ATTN:
+    _IMPLS["attention"]["flash_attn"] = _attention_flash
+    _IMPLS["decode_attention"]["flash_attn"] = _decode_flash
 
 
 # ------------------------------------------------------------------ public ops
@@ -162,3 +267,8 @@ def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100):
     """Per-token cross-entropy and logsumexp of ``hidden @ weight.T``."""
     return _IMPLS["linear_cross_entropy"][backend_for("linear_cross_entropy", hidden.device)](
         hidden, weight, targets, ignore_index=ignore_index)
+
+
+def rope(q, k, cos, sin):
+    """Rotary embedding (rotate-half) of q and k -> (q, k)."""
+    return _IMPLS["rope"][backend_for("rope", q.device)](q, k, cos, sin)

@@ -1,0 +1,87 @@
+"""RMSNorm forward and backward (including the weight gradient) in Triton.
+
+y = cast(x * rstd, x.dtype) * weight with rstd = 1 / sqrt(mean(x^2) + eps), computed in fp32; the output
+dtype is ``promote(x.dtype, weight.dtype)`` like the eager op. The backward gives each program a run of rows
+and one fp32 partial of dweight, summed on the host (no atomics, deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fusion.kernels.triton_utils import check_launch, interpreting, pow2
+
+
+@triton.jit
+def _fwd_kernel(X, W, Y, RSTD, N, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < N
+    x = tl.load(X + row * N + cols, mask=ok, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, 0) / N + eps)
+    x_hat = (x * rstd).to(X.dtype.element_ty).to(tl.float32)  # the eager op rounds here
+    tl.store(Y + row * N + cols, (x_hat * w).to(Y.dtype.element_ty), mask=ok)
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _bwd_kernel(DY, X, W, RSTD, DX, DW_PART, R, N, rows_per_program, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < N
+    w = tl.load(W + cols, mask=ok, other=0.0).to(tl.float32)
+    dw = tl.zeros([BLOCK], tl.float32)
+    first = pid * rows_per_program
+    for row in range(first, tl.minimum(first + rows_per_program, R)):
+        base = tl.cast(row, tl.int64) * N
+        x = tl.load(X + base + cols, mask=ok, other=0.0).to(tl.float32)
+        dy = tl.load(DY + base + cols, mask=ok, other=0.0).to(tl.float32)
+        rstd = tl.load(RSTD + row)
+        x_hat = x * rstd
+        dx_hat = dy * w
+        dx = rstd * (dx_hat - x_hat * (tl.sum(dx_hat * x_hat, 0) / N))
+        tl.store(DX + base + cols, dx.to(DX.dtype.element_ty), mask=ok)
+        dw += dy * x_hat.to(X.dtype.element_ty).to(tl.float32)
+    tl.store(DW_PART + pid * N + cols, dw, mask=ok)
+
+
+def _programs(device: torch.device, rows: int) -> int:
+    if device.type == "cuda" and not interpreting():
+        return min(rows, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
+    return min(rows, 4)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps: float):
+        if x.shape[-1:] != weight.shape:
+            raise ValueError(f"weight must be [{x.shape[-1]}], got {tuple(weight.shape)}")
+        check_launch(x, weight)
+        shape, N = x.shape, x.shape[-1]
+        x2 = x.reshape(-1, N).contiguous()
+        w = weight.contiguous()
+        y = torch.empty(x2.shape, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
+        rstd = torch.empty(x2.shape[0], device=x.device, dtype=torch.float32)
+        _fwd_kernel[(x2.shape[0],)](x2, w, y, rstd, N, eps, BLOCK=pow2(N))
+        ctx.save_for_backward(x2, w, rstd)
+        ctx.shape = shape
+        return y.view(shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, w, rstd = ctx.saved_tensors
+        R, N = x2.shape
+        dy = dy.reshape(R, N).contiguous()
+        dx = torch.empty_like(x2)
+        programs = _programs(x2.device, R)
+        dw_part = torch.empty(programs, N, device=x2.device, dtype=torch.float32)
+        _bwd_kernel[(programs,)](dy, x2, w, rstd, dx, dw_part, R, N, triton.cdiv(R, programs), BLOCK=pow2(N))
+        return dx.view(ctx.shape), dw_part.sum(0).to(w.dtype), None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """RMSNorm over the last dim with the ``dispatch.rms_norm`` contract."""
+    return RMSNormFunction.apply(x, weight, eps)

@@ -1,0 +1,60 @@
+"""SwiGLU, silu(gate) * up, forward and backward in Triton (the backward recomputes the sigmoid)."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from fusion.kernels.triton_utils import check_launch
+
+BLOCK = 1024
+
+
+@triton.jit
+def _fwd_kernel(G, U, Y, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(Y + offs, (g * tl.sigmoid(g) * u).to(Y.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def _bwd_kernel(DY, G, U, DG, DU, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    dy = tl.load(DY + offs, mask=ok, other=0.0).to(tl.float32)
+    g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(U + offs, mask=ok, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(g)
+    tl.store(DG + offs, (dy * u * sig * (1.0 + g * (1.0 - sig))).to(DG.dtype.element_ty), mask=ok)
+    tl.store(DU + offs, (dy * g * sig).to(DU.dtype.element_ty), mask=ok)
+
+
+class SwiGLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        if gate.shape != up.shape or gate.dtype != up.dtype:
+            raise ValueError(f"gate and up must match, got {tuple(gate.shape)} {gate.dtype} and "
+                             f"{tuple(up.shape)} {up.dtype}")
+        check_launch(gate, up)
+        gate, up = gate.contiguous(), up.contiguous()
+        y = torch.empty_like(gate)
+        n = gate.numel()
+        _fwd_kernel[(triton.cdiv(n, BLOCK),)](gate, up, y, n, BLOCK=BLOCK)
+        ctx.save_for_backward(gate, up)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        gate, up = ctx.saved_tensors
+        dg, du = torch.empty_like(gate), torch.empty_like(up)
+        n = gate.numel()
+        _bwd_kernel[(triton.cdiv(n, BLOCK),)](dy.contiguous(), gate, up, dg, du, n, BLOCK=BLOCK)
+        return dg, du
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up with the ``dispatch.swiglu`` contract."""
+    return SwiGLUFunction.apply(gate, up)
