@@ -59,11 +59,6 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
-
-
 def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
     """Positions that restart at 0 wherever ``doc_ids`` changes along the sequence."""
     idx = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
@@ -94,8 +89,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rope(q.transpose(1, 2), cos, sin)
-        k = apply_rope(k.transpose(1, 2), cos, sin)
+        q, k = dispatch.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
         if cache is None:
             out = dispatch.attention(q, k, v, causal=True, doc_ids=doc_ids)
         else:
