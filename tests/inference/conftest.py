@@ -2,11 +2,12 @@ import pytest
 import torch
 
 from fusion.data.synthetic import SyntheticWorld
-from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
 from fusion.tokenizers.image import ImageTokenizer, VQConfig
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.tokenizers.text import TextTokenizer
+
+from ..model.conftest import make_model as _make_model
 
 
 @pytest.fixture(autouse=True)
@@ -26,15 +27,8 @@ def tokenizer() -> MixedTokenizer:
 
 
 def make_model(vocab, seed: int = 0, max_seq_len: int = 256) -> Transformer:
-    """A 2-layer dim-64 GQA model with randomised norms (every parameter matters)."""
-    cfg = ModelConfig(vocab=vocab, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=max_seq_len)
-    torch.manual_seed(seed)
-    model = Transformer(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.add_(0.2 * torch.randn_like(p))
-    return model.eval()
+    """The model tests' tiny GQA model with randomised norms, over ``vocab``."""
+    return _make_model(seed, vocab=vocab, max_seq_len=max_seq_len)
 
 
 def bias_logits(model: Transformer, ids, value: float):
