@@ -7,7 +7,8 @@ from fusion.kernels.rmsnorm import rms_norm
 from .conftest import close
 
 
-@pytest.mark.parametrize("shape,dtype", [((3, 5, 40), torch.float32), ((7, 64), torch.float16), ((2, 3, 48), torch.bfloat16)])
+@pytest.mark.parametrize("shape,dtype", [((3, 5, 40), torch.float32), ((7, 64), torch.float16),
+                                         ((2, 3, 48), torch.bfloat16)])
 def test_forward_backward_match_fp64(device, shape, dtype):
     torch.manual_seed(0)
     x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)

@@ -7,7 +7,8 @@ from fusion.kernels.swiglu import swiglu
 from .conftest import close
 
 
-@pytest.mark.parametrize("shape,dtype", [((3, 7, 50), torch.float32), ((1500,), torch.float16), ((4, 96), torch.bfloat16)])
+@pytest.mark.parametrize("shape,dtype", [((3, 7, 50), torch.float32), ((1500,), torch.float16),
+                                         ((4, 96), torch.bfloat16)])
 def test_forward_backward_match_fp64(device, shape, dtype):
     torch.manual_seed(0)
     gate = (2 * torch.randn(shape, device=device)).to(dtype).requires_grad_()

@@ -1,0 +1,101 @@
+"""Decode attention bandwidth: ours (split-KV Triton) vs SDPA flash / cuDNN (and flash-attn if installed).
+
+One new token per row against a full cache of T keys; decoding is bound by reading K and V, so the
+figure is achieved TB/s = (K + V bytes) / time, printed next to this run's device-copy TB/s.
+Example: ``python -m benchmarks.decode --batches 1 8 32 --seqlens 1024 4096 16384 32768``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from benchmarks.common import DTYPES, copy_roof, env_info, plot, print_table, timeit, use_interpreter_on_cpu, write_csv
+
+
+def backends() -> dict[str, Callable]:
+    """name -> fn(q [B,Hq,1,D], k/v [B,Hkv,T,D], seqlens [B]); every row's cache is full, so SDPA needs no mask."""
+    from fusion.kernels.decode import decode_attention
+
+    def sdpa(kind):
+        def run(q, k, v, seqlens):
+            with sdpa_kernel(kind):
+                return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])
+        return run
+
+    out = {"ours": lambda q, k, v, seqlens: decode_attention(q, k, v, seqlens),
+           "sdpa_flash": sdpa(SDPBackend.FLASH_ATTENTION), "sdpa_cudnn": sdpa(SDPBackend.CUDNN_ATTENTION)}
+    try:
+        from flash_attn import flash_attn_with_kvcache
+        out["flash_attn"] = lambda q, k, v, seqlens: flash_attn_with_kvcache(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), cache_seqlens=seqlens, causal=True
+        ).transpose(1, 2)
+    except ImportError:
+        pass
+    return out
+
+
+def measure(fn, inputs, ref, nbytes: int, args, device) -> dict:
+    """Check ``fn`` against the reference, then time it; failures become a status, not a crash."""
+    try:
+        with torch.no_grad():
+            err = (fn(*inputs).float() - ref).abs().max().item()
+            if err > args.tol:
+                return {"status": f"wrong: max err {err:.3g}"}
+            ms = timeit(lambda: fn(*inputs), device, args.warmup, args.iters)
+    except Exception as e:  # unsupported backend/shape: report and go on
+        return {"status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:60]}"}
+    return {"ms": ms, "tb_per_s": nbytes / (ms * 1e-3) / 1e12, "status": f"ok (err {err:.2g})"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--gqa", type=int, nargs="+", default=[1, 4], help="q heads per kv head")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--backends", nargs="*")
+    p.add_argument("--tol", type=float, default=2e-2)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = p.parse_args(argv)
+    use_interpreter_on_cpu(args.device)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    info = env_info(device)
+    roof = copy_roof(device) if device.type == "cuda" else None
+    print(info, f"device copy: {roof and round(roof, 2)} TB/s")
+    table = {k: v for k, v in backends().items() if not args.backends or k in args.backends}
+    rows = []
+    for gqa in args.gqa:
+        for B in args.batches:
+            for T in args.seqlens:
+                Hkv, D = args.heads // gqa, args.head_dim
+                torch.manual_seed(0)
+                q = torch.randn(B, args.heads, 1, D, device=device, dtype=dtype)
+                k, v = (torch.randn(B, Hkv, T, D, device=device, dtype=dtype) for _ in range(2))
+                seqlens = torch.full((B,), T, device=device, dtype=torch.int32)
+                with sdpa_kernel(SDPBackend.MATH):
+                    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=gqa > 1)
+                nbytes = 2 * k.numel() * k.element_size()
+                for name, fn in table.items():
+                    row = {"backend": name, "gqa": gqa, "B": B, "T": T, "ms": None, "tb_per_s": None,
+                           "copy_tb_per_s": roof, **measure(fn, (q, k, v, seqlens), ref, nbytes, args, device)}
+                    rows.append({**row, **info})
+                    print_table([{k: row[k] for k in ("backend", "gqa", "B", "T", "ms", "tb_per_s", "status")}])
+    write_csv(rows, args.out / "decode.csv")
+    plot(rows, "T", "tb_per_s", ["backend"], ["gqa", "B"], args.out / "decode.png", roof=roof,
+         roof_label="device copy")
+    print(f"wrote {args.out}/decode.csv and decode.png")
+
+
+if __name__ == "__main__":
+    main()
