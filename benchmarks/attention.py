@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +17,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from benchmarks.common import (
     DTYPES,
+    add_run_args,
     attention_flops,
     env_info,
     matmul_roof,
+    parse_run_args,
     plot,
     print_table,
     timeit,
-    use_interpreter_on_cpu,
     write_csv,
 )
 
@@ -101,15 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens", type=int, default=16384, help="B * T per measurement")
     p.add_argument("--model-dim", type=int, default=2048, help="H = model_dim // D")
     p.add_argument("--causal", choices=["both", "yes", "no"], default="both")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--backends", nargs="*", help="subset of backends (default: all available)")
-    p.add_argument("--tol", type=float, default=2e-2, help="max abs error vs SDPA math before timing")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=20)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = p.parse_args(argv)
-    use_interpreter_on_cpu(args.device)
+    add_run_args(p, tol=2e-2, warmup=5, iters=20)
+    args = parse_run_args(p, argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     info = env_info(device)
     roof = matmul_roof(device) if device.type == "cuda" else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import platform
@@ -25,6 +26,23 @@ def use_interpreter_on_cpu(device: str) -> None:
     """Our Triton kernels run on a CPU only in the interpreter, which must be chosen before triton loads."""
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def add_run_args(p: argparse.ArgumentParser, *, tol: float, warmup: int, iters: int) -> None:
+    """The options every kernel benchmark shares: dtype, correctness tolerance, timing loop, device, output."""
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--tol", type=float, default=tol, help="max abs error vs the reference before timing")
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--iters", type=int, default=iters)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
+
+def parse_run_args(p: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """Parse, and pick the Triton interpreter when the chosen device is the CPU."""
+    args = p.parse_args(argv)
+    use_interpreter_on_cpu(args.device)
+    return args
 
 
 def sync(device: torch.device) -> None:
@@ -109,11 +127,15 @@ def _fmt(v) -> str:
     return "" if v is None else str(v)
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, *, append: bool = False) -> None:
+    """Write ``rows`` (header from the first row); ``append`` adds to an existing file's rows."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    header = not (append and path.exists())
+    with open(path, "a" if append else "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
+        if header:
+            writer.writeheader()
         writer.writerows(rows)
 
 

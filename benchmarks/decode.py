@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.common import DTYPES, copy_roof, env_info, plot, print_table, timeit, use_interpreter_on_cpu, write_csv
+from benchmarks.common import (
+    DTYPES,
+    add_run_args,
+    copy_roof,
+    env_info,
+    parse_run_args,
+    plot,
+    print_table,
+    timeit,
+    write_csv,
+)
 
 
 def backends() -> dict[str, Callable]:
@@ -60,15 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--heads", type=int, default=32)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--gqa", type=int, nargs="+", default=[1, 4], help="q heads per kv head")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--backends", nargs="*")
-    p.add_argument("--tol", type=float, default=2e-2)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--iters", type=int, default=50)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = p.parse_args(argv)
-    use_interpreter_on_cpu(args.device)
+    add_run_args(p, tol=2e-2, warmup=5, iters=50)
+    args = parse_run_args(p, argv)
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
     info = env_info(device)
     roof = copy_roof(device) if device.type == "cuda" else None

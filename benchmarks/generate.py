@@ -13,12 +13,12 @@ Rows (random weights; correctness first: the greedy ids of our cached decode mus
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import print_table, write_csv
 from fusion.inference.generate import generate_ids
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
@@ -163,15 +163,6 @@ class _hf_allows_image_tokens:
         type(self.mapping).image_tokens = self.saved
 
 
-def print_table(rows: list[dict]) -> None:
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print(" | ".join(c.ljust(widths[c]) for c in cols))
-    print("-|-".join("-" * widths[c] for c in cols))
-    for r in rows:
-        print(" | ".join(str(r[c]).ljust(widths[c]) for c in cols))
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="1b", help="ModelConfig preset for the decode row")
@@ -198,11 +189,7 @@ def main(argv=None) -> int:
         rows += bench_image(hf, ours, args)
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, compile={args.compile}")
     print_table(rows)
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(rows, Path(args.csv))
     return 0
 
 

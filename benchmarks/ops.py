@@ -10,11 +10,19 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 
-from benchmarks.common import DTYPES, env_info, peak_memory, print_table, timeit, use_interpreter_on_cpu, write_csv
+from benchmarks.common import (
+    DTYPES,
+    add_run_args,
+    env_info,
+    parse_run_args,
+    peak_memory,
+    print_table,
+    timeit,
+    write_csv,
+)
 
 
 @dataclass(frozen=True)
@@ -90,15 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--small", action="store_true", help=f"use {SMALL}")
     for field, default in vars(Shapes()).items():
         p.add_argument(f"--{field.replace('_', '-')}", type=int, help=f"default {default}")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile(eager) variant")
-    p.add_argument("--tol", type=float, default=5e-2)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = p.parse_args(argv)
-    use_interpreter_on_cpu(args.device)
+    add_run_args(p, tol=5e-2, warmup=3, iters=10)
+    args = parse_run_args(p, argv)
     shapes = SMALL if args.small else Shapes()
     shapes = replace(shapes, **{f: getattr(args, f) for f in vars(shapes) if getattr(args, f) is not None})
     device, dtype = torch.device(args.device), DTYPES[args.dtype]

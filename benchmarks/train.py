@@ -11,7 +11,6 @@ value a freshly initialised model gives on random tokens. Prints a table and app
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import platform
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import write_csv
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
 from fusion.train.data import PackedDataset, TokenDocs
@@ -106,15 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['preset']:>6}  {r['params_M']:>8.1f}M  seq {r['seq_len']}  x{r['batch']}x{r['grad_accum']}  "
               f"{r['step_ms']:>8.1f} ms/step  {r['tokens_per_s']:>9} tok/s  {r['TFLOP_s']:>6.1f} TFLOP/s  "
               f"MFU {r['MFU']}  mem {r['peak_mem_GiB']} GiB")
-    path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"appended {len(rows)} row(s) to {path}")
+    write_csv(rows, Path(args.csv), append=True)
+    print(f"appended {len(rows)} row(s) to {args.csv}")
     return 0
 
 

@@ -9,13 +9,13 @@ Prints a table and appends rows to a CSV.
 from __future__ import annotations
 
 import argparse
-import csv
 import platform
 from datetime import date
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import write_csv
 from fusion.tokenizers.image import ImageTokenizer, VQConfig
 
 
@@ -67,14 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     print(" | ".join(keys[3:]))
     for row in rows:
         print(" | ".join(str(row[k]) for k in keys[3:]))
-    path = Path(args.csv)
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-    print(f"python {platform.python_version()}, rows appended to {path}")
+    write_csv(rows, Path(args.csv), append=True)
+    print(f"python {platform.python_version()}, rows appended to {args.csv}")
     return 0
 
 
