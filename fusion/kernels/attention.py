@@ -60,6 +60,21 @@ def _allowed(offs_m, offs_n, doc_m, doc_n, T, CAUSAL: tl.constexpr, HAS_DOC: tl.
     return ok
 
 
+@triton.jit
+def _load_kv_tile(k_base, v_base, skt, svt, DOC, b, T, offs_n, offs_d, d_ok,
+                  UPCAST: tl.constexpr, HAS_DOC: tl.constexpr):
+    """One K/V tile (rows ``offs_n``, zero past T) and its document ids (the position itself without docs)."""
+    kv_mask = (offs_n[:, None] < T) & d_ok[None, :]
+    k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:
+        k, v = k.to(tl.float32), v.to(tl.float32)
+    doc_n = offs_n
+    if HAS_DOC:
+        doc_n = tl.load(DOC + b * T + offs_n, mask=offs_n < T, other=-2)
+    return k, v, doc_n
+
+
 @triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
 @triton.jit
 def _fwd_kernel(Q, K, V, OUT, LSE, DOC, DOC_LO, DOC_HI,
@@ -94,14 +109,7 @@ def _fwd_kernel(Q, K, V, OUT, LSE, DOC, DOC_LO, DOC_HI,
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < T) & d_ok[None, :]
-        k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        doc_n = offs_n
-        if HAS_DOC:
-            doc_n = tl.load(DOC + b * T + offs_n, mask=offs_n < T, other=-2)
+        k, v, doc_n = _load_kv_tile(k_base, v_base, skt, svt, DOC, b, T, offs_n, offs_d, d_ok, UPCAST, HAS_DOC)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
         s = tl.where(_allowed(offs_m, offs_n, doc_m, doc_n, T, CAUSAL, HAS_DOC), s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -212,14 +220,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, DOC, DOC_LO, DOC_HI,
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kv_mask = (offs_n[:, None] < T) & d_ok[None, :]
-        k = tl.load(k_base + offs_n[:, None] * skt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * svt + offs_d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        doc_n = offs_n
-        if HAS_DOC:
-            doc_n = tl.load(DOC + b * T + offs_n, mask=offs_n < T, other=-2)
+        k, v, doc_n = _load_kv_tile(k_base, v_base, skt, svt, DOC, b, T, offs_n, offs_d, d_ok, UPCAST, HAS_DOC)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * scale_log2
         ok = _allowed(offs_m, offs_n, doc_m, doc_n, T, CAUSAL, HAS_DOC)
         p = tl.where(ok, tl.exp2(s - lse[:, None]), 0.0)
