@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<boi>", "<eoi>")
+IGNORE_INDEX = -100  # a target that is not scored (the loss, the fused cross-entropy, packing); PyTorch's default
 
 
 @dataclass(frozen=True)

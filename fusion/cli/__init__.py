@@ -15,7 +15,7 @@ COMMANDS = {
     "train-bpe": ("fusion.tokenizers.text", "train the sentencepiece BPE text tokenizer"),
     "generate": ("fusion.api", "generate a mixed text+image document from a prompt"),
     "convert": ("fusion.model.convert", "import a local HF Chameleon / Anole checkpoint"),
-    "bench": ("benchmarks.attention", "attention throughput benchmark (GPU)"),
+    "bench": ("fusion.cli.bench", "benchmarks: GPU kernel timings, the static sm_80 / sm_90 compile report"),
 }
 
 
