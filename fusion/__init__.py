@@ -4,16 +4,36 @@
     model = fusion.load("demo_out/checkpoint")
     doc = model.generate(["a large red circle:"], mode="image")
     doc.to_html("out.html")
+
+Names are imported on first use, so ``import fusion`` (and ``fusion --help``) does not load torch.
 """
 
-from fusion.document import Document, Image, Text
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["Document", "Image", "Text", "load", "__version__"]
+
+_EXPORTS = {
+    "Fusion": "fusion.api",
+    "GenerationConfig": "fusion.inference.config",
+    "ModelConfig": "fusion.model.config",
+    "Vocab": "fusion.vocab",
+    "Document": "fusion.document",
+    "Text": "fusion.document",
+    "Image": "fusion.document",
+}
+__all__ = [*_EXPORTS, "load", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fusion' has no attribute {name!r}")
 
 
 def load(path, *, device=None, dtype=None):
-    """Load a checkpoint folder (trained or converted) as a ready-to-generate ``fusion.api.Fusion``."""
+    """Load a checkpoint folder (trained or converted) as a ready-to-generate ``fusion.Fusion``."""
     from fusion.api import Fusion
 
-    return Fusion.load(path, device=device, dtype=dtype)
+    return Fusion.from_pretrained(path, device=device, dtype=dtype)

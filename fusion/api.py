@@ -1,11 +1,11 @@
 """The user-facing object: a model and its tokenizers, ready to generate documents.
 
-    fusion generate --checkpoint DIR --prompt "a red circle:" [--image x.png] [--mode image] --out out.html
+    model = Fusion.from_pretrained("demo_out/checkpoint")
+    model.generate(["a red circle:"], mode="image").to_html("out.html")
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,8 +14,9 @@ import torch
 from PIL import Image as PILImage
 
 from fusion.document import Document, Image, Text
-from fusion.images import open_image
-from fusion.inference.generate import MODES, generate_documents, stream_document
+from fusion.inference.config import GenerationConfig
+from fusion.inference.generate import generate_documents, stream_document
+from fusion.model.transformer import Transformer
 from fusion.tokenizers.mixed import MixedTokenizer
 
 Part = str | PILImage.Image | Text | Image
@@ -41,7 +42,7 @@ def _is_batch(prompt) -> bool:
 
 
 class Fusion:
-    """``Fusion.load(dir).generate(["a red circle:"], mode="image").to_html("out.html")``."""
+    """``Fusion.from_pretrained(dir).generate(["a red circle:"], mode="image").to_html("out.html")``."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: MixedTokenizer) -> None:
         if model.cfg.vocab != tokenizer.vocab:
@@ -49,67 +50,37 @@ class Fusion:
         self.model, self.tokenizer = model.eval(), tokenizer
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-             dtype: torch.dtype | None = None) -> Fusion:
-        """A checkpoint folder (``fusion.checkpoint``); device defaults to CUDA when present."""
-        from fusion.checkpoint import load_checkpoint
-
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None) -> Fusion:
+        """A checkpoint folder (``fusion.checkpoint`` names its files); device defaults to CUDA when present."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(*load_checkpoint(path, device=device, dtype=dtype))
+        model = Transformer.from_pretrained(path, device=device, dtype=dtype)
+        return cls(model, MixedTokenizer.from_pretrained(path, model.cfg.vocab, device=device))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the model and both tokenizers into ``directory`` (each file atomically)."""
+        self.model.save_pretrained(directory)
+        return self.tokenizer.save_pretrained(directory)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generate(self, prompt: Prompt | Sequence[Prompt], *, max_new_tokens: int | None = None,
-                 mode: str = "mixed", cfg_scale: float = 1.0, cfg_image_scale: float | None = None,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
-                 seed: int = 0, stop: Sequence[str] | str = (), compile: bool = False) -> Document | list[Document]:
+    def generate(self, prompt: Prompt | Sequence[Prompt], generation_config: GenerationConfig | None = None, *,
+                 seed: int = 0, compile: bool = False, **overrides) -> Document | list[Document]:
         """The continuation of ``prompt`` as a Document; a list of prompts gives a list, generated as one batch.
 
-        mode: "text", "image" (one image at once) or "mixed". ``max_new_tokens`` defaults to one image in
-        mode "image", else 256 (capped by the context). ``cfg_scale`` guides image tokens (1 = off);
-        ``cfg_image_scale`` turns on Chameleon's 3-way guidance. temperature 0 is greedy.
+        ``generation_config`` (default ``GenerationConfig()``) holds the knobs; keywords override its fields,
+        e.g. ``mode="image"``, ``guidance_scale=3.0``, ``temperature=0``, ``stop_strings=["."]``.
         """
         batch = _is_batch(prompt)
         docs = [as_document(p) for p in prompt] if batch else [as_document(prompt)]
-        out = generate_documents(self.model, self.tokenizer, docs, max_new_tokens=max_new_tokens, mode=mode,
-                                 stop=stop, cfg_scale=cfg_scale, cfg_image_scale=cfg_image_scale,
-                                 temperature=temperature, top_k=top_k, top_p=top_p,
-                                 repetition_penalty=repetition_penalty, seed=seed, compile=compile)
+        out = generate_documents(self.model, self.tokenizer, docs, generation_config, seed=seed, compile=compile,
+                                 **overrides)
         return out if batch else out[0]
 
-    def stream(self, prompt: Prompt, **kwargs) -> Iterator[str | PILImage.Image]:
-        """Yield text pieces and finished images of one prompt as they come (keywords as ``generate``)."""
-        return stream_document(self.model, self.tokenizer, as_document(prompt), **kwargs)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fusion generate``: one prompt (text and / or images) -> an HTML page."""
-    ap = argparse.ArgumentParser(prog="fusion generate", description=main.__doc__)
-    ap.add_argument("--checkpoint", required=True, help="checkpoint folder")
-    ap.add_argument("--prompt", default="", help="prompt text (comes after the images)")
-    ap.add_argument("--image", action="append", default=[], help="prompt image file (repeatable)")
-    ap.add_argument("--mode", choices=MODES, default="mixed")
-    ap.add_argument("--max-new-tokens", type=int, default=None)
-    ap.add_argument("--cfg-scale", type=float, default=1.0)
-    ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--top-k", type=int, default=0)
-    ap.add_argument("--top-p", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA)")
-    ap.add_argument("--out", default="out.html", help="HTML file to write")
-    args = ap.parse_args(argv)
-    parts = [open_image(p) for p in args.image] + ([args.prompt] if args.prompt else [])
-    if not parts:
-        ap.error("give --prompt and / or --image")
-    model = Fusion.load(args.checkpoint, device=args.device)
-    prompt = Document.of(*parts)
-    doc = model.generate(prompt, max_new_tokens=args.max_new_tokens, mode=args.mode, cfg_scale=args.cfg_scale,
-                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                         stop=args.stop, compile=args.compile)
-    Document(prompt.segments + doc.segments).to_html(args.out, title=f"fusion generate: {args.prompt[:60]}")
-    print(f"{Path(args.out)}: {len(doc.texts)} text and {len(doc.images)} image segments")
-    return 0
+    def stream(self, prompt: Prompt, generation_config: GenerationConfig | None = None, *, seed: int = 0,
+               compile: bool = False, **overrides) -> Iterator[str | PILImage.Image]:
+        """Yield text pieces and finished images of one prompt as they come (arguments as ``generate``)."""
+        return stream_document(self.model, self.tokenizer, as_document(prompt), generation_config, seed=seed,
+                               compile=compile, **overrides)

@@ -1,9 +1,11 @@
-"""The checkpoint folder: model, text tokenizer and image tokenizer side by side.
+"""The files fusion reads and writes, named in one place: a checkpoint folder and a training run folder.
 
-``config.json, model.safetensors`` (the decoder), ``text.model`` (sentencepiece) and ``vq.safetensors,
-vq.json`` (the image tokenizer). Every file is written atomically, so a crash mid-save leaves the previous
-version of each file intact. A folder converted from HF Chameleon holds ``tokenizer.json`` instead of
-``text.model`` and an encoder-only VQ (``hf_vqmodel.safetensors``); ``load_checkpoint`` reads both kinds.
+A checkpoint folder (``Fusion.save_pretrained``; also what ``fusion convert`` writes) holds the decoder
+(``config.json``, ``model.safetensors``), the text tokenizer (``text.model``, or HF's ``tokenizer.json`` in a
+converted folder) and the image tokenizer (``vq.json`` + ``vq.safetensors``, or HF Chameleon's encoder-only VQ
+as ``hf_vq_config.json`` + ``hf_vqmodel.safetensors``). A training run folder holds ``metrics.jsonl``,
+``loss.png``, the ``latest`` pointer and ``step_NNNNNNN/`` checkpoint folders that add ``optimizer.pt`` and
+``trainer_state.json``. Every file is written atomically (``fusion.files``).
 """
 
 from __future__ import annotations
@@ -11,41 +13,34 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
-from fusion.model.transformer import Transformer
-from fusion.tokenizers.image import ImageTokenizer
-from fusion.tokenizers.mixed import MixedTokenizer
-from fusion.tokenizers.text import HFTextTokenizer, TextTokenizer
-
+# checkpoint folder
+MODEL_CONFIG = "config.json"
+MODEL_WEIGHTS = "model.safetensors"
 TEXT_MODEL = "text.model"
-HF_TEXT_TOKENIZER = "tokenizer.json"  # what `fusion convert` copies from an HF Chameleon folder
+HF_TEXT_TOKENIZER = "tokenizer.json"
+VQ_CONFIG = "vq.json"
+VQ_WEIGHTS = "vq.safetensors"
+HF_VQ_CONFIG = "hf_vq_config.json"
+HF_VQ_WEIGHTS = "hf_vqmodel.safetensors"
+
+# training run folder
+METRICS = "metrics.jsonl"
+LOSS_PLOT = "loss.png"
+LATEST = "latest"
+OPTIMIZER = "optimizer.pt"
+TRAINER_STATE = "trainer_state.json"
+STEP_GLOB = "step_[0-9]*"
 
 
-def save_checkpoint(directory: str | os.PathLike, model: Transformer, tokenizer: MixedTokenizer) -> Path:
-    """Write model + tokenizers into ``directory`` (created if needed)."""
+def step_name(step: int) -> str:
+    """The run folder's name for the checkpoint taken after ``step`` optimizer steps."""
+    return f"step_{step:07d}"
+
+
+def first_present(directory: str | os.PathLike, *names: str, what: str) -> Path:
+    """The first of ``names`` that exists in ``directory``; a FileNotFoundError naming all of them otherwise."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    if not isinstance(tokenizer.text, TextTokenizer):
-        raise TypeError("save_checkpoint writes sentencepiece text tokenizers only")
-    model.save_pretrained(directory)
-    tokenizer.text.save(directory / TEXT_MODEL)
-    tokenizer.image.save_pretrained(directory)
-    return directory
-
-
-def load_checkpoint(directory: str | os.PathLike, *, device: str | torch.device | None = None,
-                    dtype: torch.dtype | None = None) -> tuple[Transformer, MixedTokenizer]:
-    """Read a checkpoint folder written by ``save_checkpoint`` (or ``fusion convert``)."""
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} is not a fusion checkpoint: config.json is missing")
-    model = Transformer.from_pretrained(directory, device=device, dtype=dtype)
-    if (directory / TEXT_MODEL).is_file():
-        text = TextTokenizer.load(directory / TEXT_MODEL)
-    elif (directory / HF_TEXT_TOKENIZER).is_file():
-        text = HFTextTokenizer(directory / HF_TEXT_TOKENIZER)
-    else:
-        raise FileNotFoundError(f"{directory}: no text tokenizer ({TEXT_MODEL} or {HF_TEXT_TOKENIZER})")
-    image = ImageTokenizer.from_pretrained(directory).to(device or "cpu")
-    return model, MixedTokenizer(text, image, model.cfg.vocab)
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f"{directory} has no {what}: expected {' or '.join(names)}")

@@ -7,28 +7,27 @@ directions; the documents go to ``index.html`` and the trained stack to ``checkp
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from fusion.api import Fusion
-from fusion.checkpoint import save_checkpoint
+from fusion.data.shards import TokenDocs
 from fusion.data.synthetic import SyntheticWorld, read_caption, read_image, render
 from fusion.document import Document, write_html
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.tokenizers.text import TextTokenizer
-from fusion.train.data import PackedDataset, TokenDocs
-from fusion.train.loop import TrainConfig, Trainer
-from fusion.train.vq import VQTrainConfig, train_vq
+from fusion.train.config import TrainConfig
+from fusion.train.loop import Trainer
+from fusion.train.packing import PackedDataset
+from fusion.train.vq.config import VQTrainConfig
+from fusion.train.vq.loop import train_vq
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +103,8 @@ def run(cfg: DemoConfig) -> DemoReport:
             PackedDataset(eval_docs, drop_last=False, **common), out / "lm").fit()
     lap("decoder")
 
-    save_checkpoint(out / "checkpoint", model, tokenizer)
     fusion_model = Fusion(model.eval(), tokenizer)
+    fusion_model.save_pretrained(out / "checkpoint")
     t2i, i2t, pages, captions = _score(fusion_model, world, cfg)
     lap("generate")
 
@@ -126,7 +125,7 @@ def _score(model: Fusion, world: SyntheticWorld, cfg: DemoConfig):
         t2i_hits.append(r is not None and (r.colour, r.shape) == (s.colour, s.shape))
 
     pictures = [Document.of(render(s, world.image_size)) for s in scenes]
-    texts = model.generate(pictures, mode="text", max_new_tokens=12, temperature=0.0, stop=["."])
+    texts = model.generate(pictures, mode="text", max_new_tokens=12, temperature=0.0, stop_strings=["."])
     i2t_hits = []
     for s, doc in zip(scenes, texts, strict=True):
         r = read_caption("".join(doc.texts))
@@ -138,19 +137,3 @@ def _score(model: Fusion, world: SyntheticWorld, cfg: DemoConfig):
     captions += [f"image -> caption ({'ok' if h else 'miss'}): truth {s.caption()}" for s, h in zip(scenes, i2t_hits,
                                                                                                      strict=True)]
     return sum(t2i_hits) / len(scenes), sum(i2t_hits) / len(scenes), pages, captions
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fusion demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=DemoConfig.out_dir)
-    ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (the test suite's)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out_dir=args.out)
-    report = run(replace(cfg, seed=args.seed, progress=sys.stderr.isatty()))
-    total = sum(report.seconds.values())
-    print(f"\nfusion demo ({total:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items()) + ")")
-    print(f"  text -> image  oracle accuracy (colour + shape): {report.text_to_image_accuracy:6.1%}")
-    print(f"  image -> text  caption accuracy (colour + shape): {report.image_to_caption_accuracy:6.1%}")
-    print(f"  documents: {Path(args.out) / 'index.html'}   checkpoint: {Path(args.out) / 'checkpoint'}")
-    return 0

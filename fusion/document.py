@@ -16,8 +16,8 @@ from pathlib import Path
 
 from PIL import Image as PILImage
 
+from fusion.files import atomic_path
 from fusion.images import ImageError, open_image, to_data_uri
-from fusion.io import atomic_path
 
 
 class DocumentError(ValueError):

@@ -8,7 +8,6 @@ offsets, so every translation below is one add or subtract on a tensor.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 
 import torch
@@ -114,6 +113,3 @@ class Vocab:
     @classmethod
     def from_dict(cls, d: dict) -> Vocab:
         return cls(**{k: int(v) for k, v in d.items()})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())

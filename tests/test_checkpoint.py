@@ -1,13 +1,14 @@
 import pytest
 import torch
 
-from fusion.checkpoint import load_checkpoint, save_checkpoint
+from fusion.api import Fusion
 from fusion.data.synthetic import SyntheticWorld
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
-from fusion.tokenizers.image import ImageTokenizer, VQConfig
+from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.tokenizers.text import TextTokenizer
+from fusion.tokenizers.vq_config import VQConfig
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):
@@ -15,11 +16,12 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     world = SyntheticWorld(seed=1)
     tok = MixedTokenizer(TextTokenizer.train(world.texts(300), 300), ImageTokenizer(VQConfig.preset("tiny")).eval())
     model = Transformer(ModelConfig.preset("tiny", tok.vocab, n_layers=2)).eval()
-    save_checkpoint(tmp_path / "ckpt", model, tok)
+    Fusion(model, tok).save_pretrained(tmp_path / "ckpt")
     assert {"config.json", "model.safetensors", "text.model", "vq.safetensors", "vq.json"} <= {
         p.name for p in (tmp_path / "ckpt").iterdir()}
 
-    model2, tok2 = load_checkpoint(tmp_path / "ckpt")
+    loaded = Fusion.from_pretrained(tmp_path / "ckpt", device="cpu")
+    model2, tok2 = loaded.model, loaded.tokenizer
     docs = list(world.documents(4, seed_offset=1))
     ids = tok.encode_batch(docs)
     assert all(torch.equal(a, b) for a, b in zip(ids, tok2.encode_batch(docs), strict=True))
@@ -32,4 +34,4 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
 
 def test_missing_pieces_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
-        load_checkpoint(tmp_path)
+        Fusion.from_pretrained(tmp_path)

@@ -5,7 +5,8 @@ import json
 import torch
 
 import fusion
-from fusion.demo import DemoConfig, main, run
+from fusion.cli.demo import main
+from fusion.demo import DemoConfig, run
 
 
 def test_quick_demo_writes_page_report_and_a_loadable_checkpoint(tmp_path, capsys):

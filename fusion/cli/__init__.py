@@ -7,15 +7,16 @@ import importlib
 import logging
 import sys
 
-# Each sub-command lives in its own module and exposes main(argv); importing lazily keeps `fusion --help` fast.
+# Each sub-command is a module fusion/cli/<name>.py exposing main(argv); importing it lazily keeps `fusion --help`
+# free of torch.
 COMMANDS = {
-    "demo": ("fusion.demo", "train the whole stack on the synthetic world (CPU, no network) and score it"),
-    "train": ("fusion.train.loop", "pretrain the decoder on interleaved documents"),
-    "train-vq": ("fusion.train.vq", "train the VQ image tokenizer"),
-    "train-bpe": ("fusion.tokenizers.text", "train the sentencepiece BPE text tokenizer"),
-    "generate": ("fusion.api", "generate a mixed text+image document from a prompt"),
-    "convert": ("fusion.model.convert", "import a local HF Chameleon / Anole checkpoint"),
-    "bench": ("fusion.cli.bench", "benchmarks: GPU kernel timings, the static sm_80 / sm_90 compile report"),
+    "demo": "train the whole stack on the synthetic world (CPU, no network) and score it",
+    "train": "pretrain the decoder on interleaved documents",
+    "train-vq": "train the VQ image tokenizer",
+    "train-bpe": "train the sentencepiece BPE text tokenizer",
+    "generate": "generate a mixed text+image document from a prompt",
+    "convert": "import a local HF Chameleon / Anole checkpoint",
+    "bench": "benchmarks: GPU kernel timings, the static sm_80 / sm_90 compile report",
 }
 
 
@@ -24,12 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = argparse.ArgumentParser(prog="fusion", description=__doc__)
         sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-        for name, (_, help_text) in COMMANDS.items():
+        for name, help_text in COMMANDS.items():
             sub.add_parser(name, help=help_text)
         parser.parse_args(argv[:1] or ["--help"])
         return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    module = importlib.import_module(COMMANDS[argv[0]][0])
+    module = importlib.import_module(f"fusion.cli.{argv[0].replace('-', '_')}")
     return int(module.main(argv[1:]) or 0)
 
 

@@ -95,22 +95,3 @@ def process(logits: torch.Tensor, *, allowed: torch.Tensor | None = None, seen: 
     if not (isinstance(top_p, (int, float)) and top_p >= 1.0):
         logits = top_p_filter(logits, top_p)
     return logits
-
-
-def check_knobs(*, temperature: Knob, top_k: Knob, top_p: Knob, repetition_penalty: Knob,
-                cfg_scale: Knob) -> None:
-    """ValueError for knobs out of range (checked once on the host, before generation starts)."""
-    def bad(x: Knob, ok) -> bool:
-        t = torch.as_tensor(x, dtype=torch.float64)
-        return not bool(ok(t).all()) or not bool(torch.isfinite(t).all())
-
-    if bad(temperature, lambda t: t >= 0):
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if bad(top_k, lambda t: (t >= 0) & (t == t.round())):
-        raise ValueError(f"top_k must be a non-negative integer (0 = off), got {top_k}")
-    if bad(top_p, lambda t: (t > 0) & (t <= 1)):
-        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-    if bad(repetition_penalty, lambda t: t > 0):
-        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
-    if bad(cfg_scale, lambda t: t >= 0):
-        raise ValueError(f"cfg_scale must be >= 0 (1 = no guidance), got {cfg_scale}")

@@ -12,14 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from fusion.document import Document, Text
+from fusion.tokenizers.grammar import text_runs
 from fusion.vocab import Vocab
-
-
-def text_id_mask(vocab: Vocab) -> torch.Tensor:
-    """Bool [V]: ids that decode to text (text pieces; no specials, no image codes)."""
-    mask = vocab.text_mask()
-    mask[vocab.eos_id] = False
-    return mask
 
 
 def stop_end(text: str, stops: Sequence[str]) -> int | None:
@@ -29,39 +23,20 @@ def stop_end(text: str, stops: Sequence[str]) -> int | None:
 
 
 class StopStrings:
-    """Host-side stop-string matcher for id streams of one vocabulary."""
+    """Host-side stop-string matcher for id streams of one vocabulary (strings checked by GenerationConfig)."""
 
-    def __init__(self, stops: Sequence[str], vocab: Vocab, decode_text: Callable[[list[int]], str]) -> None:
-        if isinstance(stops, str):
-            stops = [stops]
-        if any(not isinstance(s, str) or not s for s in stops):
-            raise ValueError(f"stop strings must be non-empty str, got {stops!r}")
-        self.stops, self.vocab, self._decode = list(stops), vocab, decode_text
-
-    def _text(self, ids: torch.Tensor) -> str:
-        return self._decode(self.vocab.text_pieces(ids).tolist())
-
-    def text_runs(self, ids: torch.Tensor) -> list[tuple[int, int]]:
-        """[start, end) ranges of maximal stretches of text ids (no specials, no image codes)."""
-        is_text = text_id_mask(self.vocab)[ids].tolist()
-        runs, start = [], None
-        for i, t in enumerate(is_text + [False]):
-            if t and start is None:
-                start = i
-            elif not t and start is not None:
-                runs.append((start, i))
-                start = None
-        return runs
+    def __init__(self, stops: Sequence[str], vocab: Vocab, decode_text: Callable[[torch.Tensor], str]) -> None:
+        self.stops, self.vocab, self._text = list(stops), vocab, decode_text
 
     def __call__(self, ids: torch.Tensor) -> int | None:
         """Length of the shortest prefix of ``ids`` whose text holds a stop string, or None."""
-        for start, end in self.text_runs(ids):
-            if stop_end(self._text(ids[start:end]), self.stops) is None:
+        for run in text_runs(ids, self.vocab):
+            if stop_end(self._text(ids[run.start:run.end]), self.stops) is None:
                 continue
-            lo, hi = start + 1, end  # decoded prefixes only grow: binary search the completing token
+            lo, hi = run.start + 1, run.end  # decoded prefixes only grow: binary search the completing token
             while lo < hi:
                 mid = (lo + hi) // 2
-                if stop_end(self._text(ids[start:mid]), self.stops) is None:
+                if stop_end(self._text(ids[run.start:mid]), self.stops) is None:
                     lo = mid + 1
                 else:
                     hi = mid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from fusion.presets import pick_preset
 from fusion.vocab import Vocab
 
 # Shapes only. chameleon-* follow the released Chameleon models (7B: MHA, 34B: GQA + swin_norm).
@@ -67,9 +68,7 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, vocab: Vocab, **overrides) -> ModelConfig:
         """A named size from ``MODEL_PRESETS`` with ``vocab``; keyword overrides win."""
-        if name not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset {name!r}; presets are {sorted(MODEL_PRESETS)}")
-        return cls(vocab=vocab, **{**MODEL_PRESETS[name], **overrides})
+        return cls(vocab=vocab, **{**pick_preset(MODEL_PRESETS, name, "model"), **overrides})
 
     def replace(self, **changes) -> ModelConfig:
         return replace(self, **changes)

@@ -13,125 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from fusion.inference.cache import KVCache
-from fusion.io import load_tensors, read_json, save_tensors, write_json
+from fusion import checkpoint as names
+from fusion.files import load_tensors, read_json, save_tensors, write_json
 from fusion.kernels import dispatch
+from fusion.model.cache import KVCache
 from fusion.model.config import ModelConfig
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-QK_NORM_EPS = 1e-5  # Chameleon hard-codes this eps for its QK LayerNorm, independent of norm_eps.
-
-
-# ------------------------------------------------------------------ pieces
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dispatch.rms_norm(x, self.weight, self.eps)
-
-
-class HeadNorm(nn.Module):
-    """LayerNorm over head_dim whose weight and bias differ per head (Chameleon's QK-norm)."""
-
-    def __init__(self, n_heads: int, head_dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(n_heads, head_dim))
-        self.bias = nn.Parameter(torch.zeros(n_heads, head_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [..., H, D]
-        return F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS) * self.weight + self.bias
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin [B, 1, T, D] for the rotate-half convention (HF Llama / Chameleon), computed in fp32."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=positions.device) / head_dim))
-    freqs = positions[..., None].float() * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def doc_positions(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Positions that restart at 0 wherever ``doc_ids`` changes along the sequence."""
-    idx = torch.arange(doc_ids.shape[1], device=doc_ids.device).expand_as(doc_ids)
-    starts = torch.ones_like(doc_ids, dtype=torch.bool)
-    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    return idx - torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        d, hd = cfg.dim, cfg.head_dim
-        self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=False)
-        if cfg.qk_norm:
-            self.q_norm = HeadNorm(cfg.n_heads, hd)
-            self.k_norm = HeadNorm(cfg.n_kv_heads, hd)
-
-    def forward(self, x, cos, sin, *, doc_ids=None, cache: KVCache | None = None, layer: int = 0,
-                slots=None) -> torch.Tensor:
-        B, T, _ = x.shape
-        cfg = self.cfg
-        q = self.q_proj(x).view(B, T, cfg.n_heads, cfg.head_dim)
-        k = self.k_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim)
-        v = self.v_proj(x).view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        if cfg.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = dispatch.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
-        if cache is None:
-            out = dispatch.attention(q, k, v, causal=True, doc_ids=doc_ids)
-        else:
-            cache.write(layer, k, v, slots)
-            # All T new tokens count as present: padded tail tokens of a ragged prefill sit after every valid
-            # token of their row, so causality already hides them from valid queries.
-            out = dispatch.decode_attention(q, cache.k[layer], cache.v[layer], cache.seqlens + T)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(dispatch.swiglu(self.gate_proj(x), self.up_proj(x)))
-
-
-class Block(nn.Module):
-    """Pre-norm block, or with ``swin_norm`` Chameleon-34B's post-norm: h = x + norm(attn(x))."""
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.swin_norm = cfg.swin_norm
-        self.attn = Attention(cfg)
-        self.mlp = MLP(cfg)
-        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x, cos, sin, **attn_kwargs) -> torch.Tensor:
-        if self.swin_norm:
-            h = x + self.drop(self.attn_norm(self.attn(x, cos, sin, **attn_kwargs)))
-            return h + self.drop(self.mlp_norm(self.mlp(h)))
-        h = x + self.drop(self.attn(self.attn_norm(x), cos, sin, **attn_kwargs))
-        return h + self.drop(self.mlp(self.mlp_norm(h)))
-
-
-# ------------------------------------------------------------------ model
+from fusion.model.layers import Block, RMSNorm, doc_positions, rope_cos_sin
+from fusion.vocab import IGNORE_INDEX
 
 
 @dataclass
@@ -235,7 +125,17 @@ class Transformer(nn.Module):
         return self.lm_head(self.hidden(ids, positions=positions, doc_ids=doc_ids, cache=cache,
                                         lengths=lengths)).float()
 
-    def loss(self, ids, targets, *, doc_ids=None, positions=None, ignore_index: int = -100) -> LossOutput:
+    def next_logits(self, ids: torch.Tensor, cache: KVCache, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``ids`` [B, T] to ``cache`` and return each row's next-token logits [B, V] in fp32.
+
+        The logits are taken at each row's last valid position (``lengths - 1`` for a ragged prefill, else
+        the last column), so only B rows go through the LM head.
+        """
+        h = self.hidden(ids, cache=cache, lengths=lengths)
+        last = h[:, -1] if lengths is None else h[torch.arange(len(ids), device=h.device), lengths - 1]
+        return self.lm_head(last).float()
+
+    def loss(self, ids, targets, *, doc_ids=None, positions=None, ignore_index: int = IGNORE_INDEX) -> LossOutput:
         """Cross-entropy + z-loss without materialising full logits (``dispatch.linear_cross_entropy``)."""
         if targets.shape != ids.shape:
             raise ValueError(f"targets must have the shape of ids {tuple(ids.shape)}, got {tuple(targets.shape)}")
@@ -280,8 +180,8 @@ class Transformer(nn.Module):
         state = self.state_dict()
         if self.cfg.tie_embeddings:
             state.pop("lm_head.weight")
-        save_tensors(directory / WEIGHTS_FILE, state)
-        write_json(directory / CONFIG_FILE, self.cfg.to_dict())
+        save_tensors(directory / names.MODEL_WEIGHTS, state)
+        write_json(directory / names.MODEL_CONFIG, self.cfg.to_dict())
         return directory
 
     @classmethod
@@ -289,8 +189,8 @@ class Transformer(nn.Module):
                         dtype: torch.dtype | None = None) -> Transformer:
         """Read a folder written by ``save_pretrained`` (or ``convert``); returned in eval mode."""
         directory = Path(directory)
-        cfg = ModelConfig.from_dict(read_json(directory / CONFIG_FILE))
-        state = load_tensors(directory / WEIGHTS_FILE, device=device or "cpu")
+        cfg = ModelConfig.from_dict(read_json(directory / names.MODEL_CONFIG))
+        state = load_tensors(directory / names.MODEL_WEIGHTS, device=device or "cpu")
         with torch.device("meta"):  # no allocation or init of weights that are about to be replaced
             model = cls(cfg)
         model.load_weights(state, dtype=dtype)

@@ -6,13 +6,19 @@ One document is ``bos, <text pieces>, boi, <N image codes>, eoi, ..., eos`` wher
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from PIL import Image as PILImage
 
+from fusion import checkpoint as names
 from fusion.document import Document, Image, Text
+from fusion.tokenizers.grammar import BOI, CODE, EOI, TEXT, ImageSpans, split
+from fusion.tokenizers.image import ImageTokenizer
+from fusion.tokenizers.text import HFTextTokenizer, TextTokenizer
 from fusion.vocab import Vocab
 
 
@@ -47,10 +53,6 @@ class MixedTokenizer:
     @property
     def tokens_per_image(self) -> int:
         return self.image.tokens_per_image
-
-    def image_span_length(self) -> int:
-        """Ids one image takes in the stream: boi + codes + eoi."""
-        return self.tokens_per_image + 2
 
     # ---------------------------------------------------------------- encode
 
@@ -98,54 +100,96 @@ class MixedTokenizer:
         return self.decode_batch([ids], strict=strict)[0]
 
     def decode_batch(self, batch: Sequence[torch.Tensor | Sequence[int]], *, strict: bool = True) -> list[Document]:
-        plans = [self._split(torch.as_tensor(ids, dtype=torch.long).cpu(), strict) for ids in batch]
-        spans = [s for plan in plans for kind, s in plan if kind == "image"]
-        pics = self.image.decode_images(torch.stack(spans)) if spans else []
-        docs, k = [], 0
-        for plan in plans:
-            segs = []
-            for kind, s in plan:
-                if kind == "text":
-                    segs.append(Text(self.text.decode(self.vocab.text_pieces(s).tolist())))
-                else:
-                    segs.append(Image(pics[k]))
-                    k += 1
-            docs.append(Document(segs))
-        return docs
+        plans = [self._plan(torch.as_tensor(ids, dtype=torch.long).cpu(), strict) for ids in batch]
+        spans = [codes for plan in plans for kind, codes in plan if kind == "image"]
+        pics = iter(self.image.decode_images(torch.stack(spans)) if spans else [])
+        return [Document([Text(self.decode_text(x)) if kind == TEXT else Image(next(pics)) for kind, x in plan])
+                for plan in plans]
 
-    def _split(self, ids: torch.Tensor, strict: bool) -> list[tuple[str, torch.Tensor]]:
-        """Cut a 1-D id stream into ("text", pieces-as-ids) and ("image", codes) parts."""
+    def decode_text(self, ids: torch.Tensor | Sequence[int]) -> str:
+        """Text ids (vocabulary ids of text pieces) -> str."""
+        return self.text.decode(self.vocab.text_pieces(torch.as_tensor(ids, dtype=torch.long)).tolist())
+
+    def _plan(self, ids: torch.Tensor, strict: bool) -> list[tuple[str, torch.Tensor]]:
+        """(TEXT, text ids) and ("image", codes) parts; text runs split only by control ids are joined."""
         if ids.dim() != 1:
             raise ValueError(f"decode takes a 1-D id sequence, got shape {tuple(ids.shape)}")
-        v, n = self.vocab, self.tokens_per_image
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= v.size):
-            raise ValueError(f"ids out of the vocabulary [0, {v.size})")
-        plan, text, i = [], [], 0
-        skip = {v.bos_id, v.eos_id, v.pad_id}
-        while i < len(ids):
-            t = int(ids[i])
-            if t == v.boi_id:
-                end = i + 1 + n
-                if end >= len(ids):  # no room for eoi: the stream stops inside this image
-                    if strict:
-                        raise ValueError(f"image span at position {i} is cut off: {n} codes and eoi expected")
-                    break
-                span = ids[i + 1:end]
-                if int(ids[end]) != v.eoi_id or not bool(v.image_id_mask(span).all()):
-                    raise ValueError(f"malformed image span at position {i}: expected boi, {n} image codes, eoi")
-                if text:
-                    plan.append(("text", torch.tensor(text)))
-                    text = []
-                plan.append(("image", v.image_codes(span)))
-                i += n + 2
-                continue
-            if t in skip:
-                pass
-            elif t == v.eoi_id or v.is_image_id(t):
-                raise ValueError(f"image id {t} outside an image span at position {i}")
+        plan: list[tuple[str, torch.Tensor]] = []
+        for run in split(ids.tolist(), self.vocab, self.tokens_per_image):
+            part = ids[run.start:run.end]
+            if not run.closed:
+                if strict:
+                    raise ValueError(f"image span at position {run.start - 1} is cut off: "
+                                     f"{self.tokens_per_image} codes and eoi expected")
+                break
+            if run.kind == TEXT and plan and plan[-1][0] == TEXT:
+                plan[-1] = (TEXT, torch.cat([plan[-1][1], part]))
             else:
-                text.append(t)
-            i += 1
-        if text:
-            plan.append(("text", torch.tensor(text)))
+                plan.append((run.kind, part if run.kind == TEXT else self.vocab.image_codes(part)))
         return plan
+
+    # ---------------------------------------------------------------- files
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Both tokenizers into ``directory`` (the vocabulary layout is the model's, in its config)."""
+        directory = Path(directory)
+        self.text.save_pretrained(directory)
+        self.image.save_pretrained(directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, vocab: Vocab | None = None,
+                        device: str | torch.device | None = None) -> MixedTokenizer:
+        """``text.model`` (or HF's ``tokenizer.json``) and the image tokenizer of a checkpoint folder."""
+        text_file = names.first_present(directory, names.TEXT_MODEL, names.HF_TEXT_TOKENIZER, what="text tokenizer")
+        text = (TextTokenizer.from_pretrained(text_file) if text_file.name == names.TEXT_MODEL
+                else HFTextTokenizer(text_file))
+        return cls(text, ImageTokenizer.from_pretrained(directory, device=device), vocab)
+
+
+class StreamDecoder:
+    """Generated ids one at a time -> text pieces (once their characters are final) and finished PIL images.
+
+    Joining the pieces gives exactly the Text segments of ``MixedTokenizer.decode`` of the same ids. With
+    ``find_stop`` (text -> end index of a stop string, or None) the text ends right after the first stop, and
+    ``stopped`` turns True.
+    """
+
+    def __init__(self, tokenizer: MixedTokenizer, find_stop: Callable[[str], int | None] | None = None) -> None:
+        self.tokenizer, self.find_stop = tokenizer, find_stop
+        self.spans = ImageSpans(tokenizer.vocab, tokenizer.tokens_per_image)
+        self.text_ids: list[int] = []  # the current text run (since the last image)
+        self.codes: list[int] = []
+        self.emitted = ""  # how much of the current run's text has been yielded
+        self.stopped = False
+
+    def feed(self, t: int) -> list[str | PILImage.Image]:
+        what = self.spans.feed(t)
+        if what == TEXT:
+            self.text_ids.append(t)
+            text = self.tokenizer.decode_text(self.text_ids)
+            end = self.find_stop(text) if self.find_stop else None
+            if end is not None:
+                self.stopped = True
+                return self._emit(text[:end])
+            return self._emit(text.rstrip("\ufffd"))  # hold back an incomplete UTF-8 sequence
+        if what == BOI:
+            out = self.flush()
+            self.text_ids, self.emitted = [], ""
+            return out
+        if what == CODE:
+            self.codes.append(t)
+        elif what == EOI:
+            codes, self.codes = self.tokenizer.vocab.image_codes(torch.tensor([self.codes])), []
+            return [self.tokenizer.image.decode_images(codes)[0]]
+        return []
+
+    def flush(self) -> list[str]:
+        """What is left of the current text run, yielded now."""
+        return self._emit(self.tokenizer.decode_text(self.text_ids))
+
+    def _emit(self, text: str) -> list[str]:
+        if len(text) <= len(self.emitted) or not text.startswith(self.emitted):
+            return []
+        piece, self.emitted = text[len(self.emitted):], text
+        return [piece]

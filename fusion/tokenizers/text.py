@@ -15,7 +15,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from fusion.io import atomic_path
+from fusion import checkpoint as names
+from fusion.files import atomic_path
 
 
 class TextTokenizer:
@@ -71,14 +72,18 @@ class TextTokenizer:
     def piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the ``.model`` file atomically."""
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``text.model`` into ``directory`` atomically; returns its path."""
+        path = Path(directory) / names.TEXT_MODEL
         with atomic_path(path) as tmp:
-            Path(tmp).write_bytes(self._proto)
+            tmp.write_bytes(self._proto)
+        return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TextTokenizer:
-        return cls(Path(path).read_bytes())
+    def from_pretrained(cls, path: str | os.PathLike) -> TextTokenizer:
+        """A checkpoint folder holding ``text.model``, or a ``.model`` file itself."""
+        path = Path(path)
+        return cls((path / names.TEXT_MODEL if path.is_dir() else path).read_bytes())
 
 
 def _non_empty(texts: Iterable[str]) -> Iterator[str]:
@@ -95,7 +100,20 @@ class HFTextTokenizer:
     def __init__(self, path: str | os.PathLike) -> None:
         from tokenizers import Tokenizer
 
+        self.path = Path(path)
         self.tk = Tokenizer.from_file(str(path))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> HFTextTokenizer:
+        return cls(Path(directory) / names.HF_TEXT_TOKENIZER)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Copy ``tokenizer.json`` into ``directory`` atomically; returns its path."""
+        path = Path(directory) / names.HF_TEXT_TOKENIZER
+        if path.resolve() != self.path.resolve():
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(self.path.read_bytes())
+        return path
 
     @property
     def vocab_size(self) -> int:
@@ -108,37 +126,3 @@ class HFTextTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tk.decode([int(i) for i in ids], skip_special_tokens=False)
-
-
-def _corpus_texts(paths: Sequence[str]) -> Iterator[str]:
-    """Texts of JSONL document files (their text segments) or of plain-text files (their lines)."""
-    from fusion.document import read_jsonl
-
-    for p in paths:
-        if p.endswith(".jsonl"):
-            for doc in read_jsonl(p):
-                yield "".join(doc.texts)
-        else:
-            with open(p, encoding="utf-8") as f:
-                yield from (line.rstrip("\n") for line in f)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fusion train-bpe``: train the text tokenizer on files or on the synthetic world."""
-    import argparse
-
-    from fusion.data.synthetic import SyntheticWorld
-
-    ap = argparse.ArgumentParser(prog="fusion train-bpe", description=main.__doc__)
-    ap.add_argument("inputs", nargs="*", help="JSONL document files or plain-text files")
-    ap.add_argument("--synthetic", type=int, default=0, metavar="N", help="add N synthetic-world documents")
-    ap.add_argument("--vocab-size", type=int, default=2048)
-    ap.add_argument("--out", default="text.model")
-    args = ap.parse_args(argv)
-    if not args.inputs and not args.synthetic:
-        ap.error("give input files and/or --synthetic N")
-    texts = itertools.chain(_corpus_texts(args.inputs), SyntheticWorld().texts(args.synthetic))
-    tok = TextTokenizer.train(texts, args.vocab_size)
-    tok.save(args.out)
-    print(f"wrote {args.out}: {tok.vocab_size} pieces")
-    return 0

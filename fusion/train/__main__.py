@@ -3,7 +3,7 @@
 import logging
 import sys
 
-from fusion.train.loop import main
+from fusion.cli.train import main
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 sys.exit(main())

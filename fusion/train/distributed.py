@@ -111,6 +111,18 @@ def all_reduce_(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
     return t
 
 
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+def current_dist() -> DistInfo:
+    """The running process group's rank and size (a single process, on CUDA when present, if none runs)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistInfo(device=torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+                        else torch.device("cpu"))
+    return init_distributed()
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` in rank order (``[obj]`` without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

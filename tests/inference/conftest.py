@@ -3,9 +3,10 @@ import torch
 
 from fusion.data.synthetic import SyntheticWorld
 from fusion.model.transformer import Transformer
-from fusion.tokenizers.image import ImageTokenizer, VQConfig
+from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.tokenizers.text import TextTokenizer
+from fusion.tokenizers.vq_config import VQConfig
 
 from ..model.conftest import make_model as _make_model
 

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from fusion.api import Fusion, main
-from fusion.checkpoint import save_checkpoint
+from fusion.api import Fusion
+from fusion.cli.generate import main
 from fusion.document import Document, Image, Text
-from fusion.tokenizers.image import ImageTokenizer, VQConfig
+from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.mixed import MixedTokenizer
+from fusion.tokenizers.vq_config import VQConfig
 
 from .conftest import bias_logits, make_model
 
@@ -49,8 +50,8 @@ def test_prompt_forms_and_batches(fusion_model):
     assert isinstance(batch, list) and len(batch) == 2 and batch[0] == one  # batching does not change a row
 
 
-@pytest.mark.parametrize("mode,kw", [("image", dict(cfg_scale=3.0, temperature=0.8, top_k=20)),
-                                     ("text", dict(temperature=1.0, stop=["e"])),
+@pytest.mark.parametrize("mode,kw", [("image", dict(guidance_scale=3.0, temperature=0.8, top_k=20)),
+                                     ("text", dict(temperature=1.0, stop_strings=["e"])),
                                      ("mixed", dict(temperature=0.0, max_new_tokens=150))])
 def test_stream_concatenation_equals_generate(fusion_model, mode, kw):
     model = fusion_model.model
@@ -92,14 +93,14 @@ def test_image_prompts_of_any_mode_go_through_to_rgb(fusion_model):
 def test_bad_requests_fail_clearly(fusion_model, tokenizer):
     with pytest.raises(ValueError, match="cannot finish the image"):
         fusion_model.generate("x", mode="image", max_new_tokens=tokenizer.tokens_per_image)
-    with pytest.raises(ValueError, match="cfg_scale"):
-        fusion_model.generate("x", mode="image", cfg_scale=-2.0)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        fusion_model.generate("x", mode="image", guidance_scale=-2.0)
     with pytest.raises(ValueError, match="context"):
         fusion_model.generate("x " * 400, mode="text", max_new_tokens=4)
     with pytest.raises(TypeError, match="prompt"):
         fusion_model.generate(42)
     with pytest.raises(ValueError, match="stop strings"):
-        fusion_model.generate("x", mode="text", stop=[""])
+        fusion_model.generate("x", mode="text", stop_strings=[""])
     no_decoder = MixedTokenizer(tokenizer.text, ImageTokenizer(VQConfig.preset("tiny", decoder=False)))
     encoder_only = Fusion(fusion_model.model, no_decoder)
     with pytest.raises(ValueError, match="no VQ decoder"):
@@ -112,13 +113,13 @@ def test_bad_requests_fail_clearly(fusion_model, tokenizer):
 
 
 def test_load_and_cli_round_trip(fusion_model, tmp_path):
-    save_checkpoint(tmp_path / "ckpt", fusion_model.model, fusion_model.tokenizer)
-    loaded = Fusion.load(tmp_path / "ckpt", device="cpu")
+    fusion_model.save_pretrained(tmp_path / "ckpt")
+    loaded = Fusion.from_pretrained(tmp_path / "ckpt", device="cpu")
     kw = dict(mode="image", seed=2, temperature=0.5)
     assert loaded.generate("a red circle:", **kw) == fusion_model.generate("a red circle:", **kw)
     picture().save(tmp_path / "in.png")
     out = tmp_path / "page.html"
     assert main(["--checkpoint", str(tmp_path / "ckpt"), "--prompt", "a red circle:", "--image",
-                 str(tmp_path / "in.png"), "--mode", "image", "--cfg-scale", "2", "--out", str(out),
+                 str(tmp_path / "in.png"), "--mode", "image", "--guidance-scale", "2", "--out", str(out),
                  "--device", "cpu"]) == 0
     assert out.read_text().count("<img src='data:image/png;base64,") == 2  # the prompt's and the generated

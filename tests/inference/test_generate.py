@@ -101,7 +101,7 @@ def test_kv_cache_batch_equals_full_recompute_per_row(mode, cfg_scale):
         ps.append(torch.cat([ps[0], torch.tensor([VOCAB.boi_id]), VOCAB.image_ids(torch.tensor([5, 9]))])) \
             if mode != "text" else None
         got = generate_ids(model, ps, max_new_tokens=24, tokens_per_image=N, mode=mode, temperature=0.0,
-                           cfg_scale=cfg_scale)
+                           guidance_scale=cfg_scale)
         for p, ids in zip(ps, got, strict=True):
             assert ids.tolist() == reference(model, p.tolist(), n=N, max_new=24, mode=mode, cfg_scale=cfg_scale)
     finally:
@@ -171,7 +171,7 @@ def test_stop_callback_cuts_and_ends_the_row():
 
 def test_hf_chameleon_greedy_parity(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from fusion.model.convert import convert_hf_chameleon
+    from fusion.model.hf_chameleon import convert_hf_chameleon
     from fusion.model.transformer import Transformer
 
     n_img, size, boi, eoi = 16, 300, 251, 250
@@ -216,8 +216,8 @@ def test_bad_inputs_are_refused():
         generate_ids(model, [open_image], max_new_tokens=8, mode="text", **kw)
     with pytest.raises(ValueError, match="malformed image span"):
         generate_ids(model, [torch.cat([open_image, torch.tensor([VOCAB.text_start])])], max_new_tokens=8, **kw)
-    with pytest.raises(ValueError, match="cfg_scale"):
-        generate_ids(model, p, max_new_tokens=8, mode="image", cfg_scale=-1.0, **kw)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        generate_ids(model, p, max_new_tokens=8, mode="image", guidance_scale=-1.0, **kw)
     with pytest.raises(ValueError, match="mode"):
         generate_ids(model, p, max_new_tokens=8, mode="video", **kw)
     with pytest.raises(ValueError, match="vocabulary"):
@@ -235,7 +235,7 @@ def test_three_way_guidance_drops_text_then_images_as_chameleon():
     text = prompts(6, (4,))[0]
     prompt = torch.cat([text, image, torch.tensor([v.text_start + 3])])
     got = generate_ids(model, [prompt], max_new_tokens=N + 1, tokens_per_image=N, mode="image", temperature=0.0,
-                       cfg_scale=2.5, cfg_image_scale=1.5)[0]
+                       guidance_scale=2.5, image_guidance_scale=1.5)[0]
     rows = {"full": prompt, "image_only": torch.cat([text[:1], image]), "uncond": text[:1]}
     with torch.no_grad():
         last = {k: model(torch.cat([r, torch.tensor([v.boi_id])])[None])[0, -1].double() for k, r in rows.items()}

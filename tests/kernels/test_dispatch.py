@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fusion.inference.cache import KVCache
 from fusion.kernels import dispatch
+from fusion.model.cache import KVCache
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
 from fusion.vocab import Vocab

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fusion.inference.cache import KVCache
+from fusion.model.cache import KVCache
 
 from .conftest import make_model
 

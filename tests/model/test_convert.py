@@ -6,7 +6,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fusion.model.convert import convert_hf_chameleon, hf_to_fusion_state, model_config_from_hf, vocab_from_hf_config
+from fusion.model.hf_chameleon import (
+    convert_hf_chameleon,
+    hf_to_fusion_state,
+    model_config_from_hf,
+    vocab_from_hf_config,
+)
 from fusion.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
@@ -152,14 +157,15 @@ def test_converted_folder_loads_as_a_whole_checkpoint(tmp_path):
     from PIL import Image as PILImage
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from fusion.checkpoint import load_checkpoint
+    from fusion.api import Fusion
     from fusion.document import Document
 
     hf, src = hf_folder(tmp_path, swin_norm=False)
     tk = Tokenizer(models.WordLevel(vocab=vocabulary_map(), unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tk.save(str(src / "tokenizer.json"))
-    model, tok = load_checkpoint(convert_hf_chameleon(src, tmp_path / "fusion"))
+    loaded = Fusion.from_pretrained(convert_hf_chameleon(src, tmp_path / "fusion"), device="cpu")
+    model, tok = loaded.model, loaded.tokenizer
 
     picture = PILImage.new("RGB", (20, 16), (200, 40, 90))
     ids = tok.encode(Document.of("tok30 tok31", picture, "tok40"))

@@ -3,7 +3,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fusion.model.config import MODEL_PRESETS, ModelConfig
-from fusion.model.transformer import Transformer, doc_positions
+from fusion.model.layers import doc_positions
+from fusion.model.transformer import Transformer
 from fusion.vocab import Vocab
 
 from .conftest import make_model

@@ -8,7 +8,8 @@ import torch
 from PIL import Image as PILImage
 
 from fusion.data.synthetic import SyntheticWorld, render
-from fusion.tokenizers.image import ImageTokenizer, VQConfig
+from fusion.tokenizers.image import ImageTokenizer
+from fusion.tokenizers.vq_config import VQConfig
 
 # A plain-codebook config in Chameleon's layout (down + mid attention), small enough for a CPU test.
 PLAIN = VQConfig(resolution=32, base_channels=32, channel_multiplier=(1, 2), num_res_blocks=1, attn_resolutions=(16,),
@@ -159,7 +160,7 @@ def test_from_pretrained_reads_a_converted_hf_folder(tmp_path):
     transformers = pytest.importorskip("transformers")
     from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE
 
-    from fusion.io import save_tensors, write_json
+    from fusion.files import save_tensors, write_json
 
     hf_cfg = dict(resolution=32, base_channels=32, channel_multiplier=[1, 2], num_res_blocks=1,
                   latent_channels=16, embed_dim=16, num_embeddings=64)

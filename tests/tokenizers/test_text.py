@@ -31,8 +31,8 @@ def test_special_token_spelling_is_plain_text(tok):
 
 
 def test_save_load_round_trip(tok, tmp_path):
-    tok.save(tmp_path / "text.model")
-    again = TextTokenizer.load(tmp_path / "text.model")
+    assert tok.save_pretrained(tmp_path) == tmp_path / "text.model"
+    again = TextTokenizer.from_pretrained(tmp_path)
     s = "Once there was a small blue cross."
     assert again.encode(s) == tok.encode(s) and again.vocab_size == tok.vocab_size
 

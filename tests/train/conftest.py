@@ -4,9 +4,10 @@ import torch
 from fusion.data.synthetic import SyntheticWorld
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
-from fusion.tokenizers.image import ImageTokenizer, VQConfig
+from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.tokenizers.text import TextTokenizer
+from fusion.tokenizers.vq_config import VQConfig
 
 
 @pytest.fixture(scope="session")

@@ -6,11 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from fusion.data import corpus
+from fusion.data import shards as shard_io
+from fusion.data.shards import TokenDocs, tokenize_corpus
 from fusion.data.synthetic import SyntheticWorld
 from fusion.document import Document
-from fusion.io import read_json
-from fusion.train import data as data_mod
-from fusion.train.data import IGNORE_INDEX, PackedDataset, TokenDocs, tokenize_corpus
+from fusion.files import read_json
+from fusion.train.packing import PackedDataset
+from fusion.vocab import IGNORE_INDEX
 
 # ---------------------------------------------------------------- packing
 
@@ -115,7 +118,7 @@ def test_shards_match_direct_encoding_count_corrupt_rows_and_resume(tokenizer, t
     src.write_text("\n".join(lines) + "\n")
     out = tmp_path / "tokens"
 
-    with caplog.at_level(logging.WARNING, logger="fusion.train.data"):
+    with caplog.at_level(logging.WARNING, logger="fusion.data.shards"):
         shards = tokenize_corpus([src], tokenizer, out, docs_per_shard=4, batch_size=3)
     assert len(shards) == 3  # 12 rows
     metas = [read_json(s / "meta.json") for s in shards]
@@ -135,8 +138,8 @@ def test_shards_match_direct_encoding_count_corrupt_rows_and_resume(tokenizer, t
         p.unlink()
     (out / "shard_00001").rmdir()
     written = []
-    real = data_mod._write_shard
-    monkeypatch.setattr(data_mod, "_write_shard", lambda shard, *a: (written.append(shard.name), real(shard, *a)))
+    real = shard_io._write_shard
+    monkeypatch.setattr(shard_io, "_write_shard", lambda shard, *a: (written.append(shard.name), real(shard, *a)))
     tokenize_corpus([src], tokenizer, out, docs_per_shard=4, batch_size=3)
     assert written == ["shard_00001"]
     assert (out / "shard_00001" / "tokens.bin").read_bytes() == before
@@ -170,4 +173,4 @@ def test_obelics_parquet_and_imagefolder_sources(tokenizer, tmp_path, monkeypatc
 def test_unknown_source_is_refused(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported data source"):
-        next(data_mod.read_rows(tmp_path / "x.csv"))
+        next(corpus.read_rows(tmp_path / "x.csv"))

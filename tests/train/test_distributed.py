@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fusion.checkpoint import load_checkpoint, save_checkpoint
-from fusion.train.loop import main
+from fusion.api import Fusion
+from fusion.cli.train import main
+from fusion.model.transformer import Transformer
 
 from .conftest import make_model
 
@@ -30,7 +31,7 @@ def torchrun(args: list[str], nproc: int = 2) -> None:
 
 
 def test_two_process_fsdp_matches_one_process_and_resumes_exactly(tokenizer, tmp_path):
-    init = save_checkpoint(tmp_path / "init", make_model(tokenizer, seed=3), tokenizer)
+    init = Fusion(make_model(tokenizer, seed=3), tokenizer).save_pretrained(tmp_path / "init")
     common = ["--checkpoint", str(init), "--synthetic", "48", "--steps", "5", "--seq-len", "48", "--grad-accum", "2",
               "--lr", "3e-3", "--warmup", "2", "--eval-every", "5", "--save-every", "2", "--keep-last", "5",
               "--eval-fraction", "0.2", "--no-progress"]
@@ -45,9 +46,9 @@ def test_two_process_fsdp_matches_one_process_and_resumes_exactly(tokenizer, tmp
     assert abs(two[-1]["eval_ce"] - one[-1]["eval_ce"]) < 1e-5
     assert one[-1]["loss"] < one[0]["loss"]  # it trained
 
-    w2 = load_checkpoint(fsdp / "step_0000005")[0].state_dict()
-    w1 = load_checkpoint(tmp_path / "single" / "step_0000005")[0].state_dict()
-    w0 = load_checkpoint(init)[0].state_dict()
+    w2 = Transformer.from_pretrained(fsdp / "step_0000005").state_dict()
+    w1 = Transformer.from_pretrained(tmp_path / "single" / "step_0000005").state_dict()
+    w0 = Transformer.from_pretrained(init).state_dict()
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5)
     assert any(not torch.equal(w1[k], w0[k]) for k in w1)
@@ -59,5 +60,5 @@ def test_two_process_fsdp_matches_one_process_and_resumes_exactly(tokenizer, tmp
     torchrun([*common, "--batch-size", "2", "--parallel", "fsdp", "--out", str(fsdp)])
     again = metrics(fsdp)
     assert [m["loss"] for m in again] == [m["loss"] for m in two]
-    w2_again = load_checkpoint(fsdp / "step_0000005")[0].state_dict()
+    w2_again = Transformer.from_pretrained(fsdp / "step_0000005").state_dict()
     assert all(torch.equal(w2_again[k], w2[k]) for k in w2)

@@ -5,12 +5,15 @@ import math
 import pytest
 import torch
 
-from fusion.checkpoint import load_checkpoint
+from fusion.api import Fusion
+from fusion.data.shards import TokenDocs
 from fusion.data.synthetic import SyntheticWorld
-from fusion.train.checkpointing import latest_checkpoint
-from fusion.train.data import PackedDataset, TokenDocs
-from fusion.train.loop import TrainConfig, Trainer, TrainingDiverged, lr_factor
+from fusion.model.transformer import Transformer
+from fusion.train.config import TrainConfig, lr_factor
+from fusion.train.loop import Trainer, TrainingDiverged
 from fusion.train.mfu import mfu, peak_flops
+from fusion.train.packing import PackedDataset
+from fusion.train.run_folder import latest_checkpoint
 
 from .conftest import make_model
 
@@ -62,7 +65,8 @@ def test_short_run_learns_and_writes_a_loadable_checkpoint(tokenizer, docs, tmp_
 
     folder = latest_checkpoint(tmp_path)
     assert folder.name == "step_0000040"
-    model, tok = load_checkpoint(folder)
+    loaded = Fusion.from_pretrained(folder, device="cpu")
+    model, tok = loaded.model, loaded.tokenizer
     ids = torch.tensor([docs[0][:32].tolist()])
     with torch.no_grad():
         assert torch.equal(model(ids), tr.model.eval()(ids))
@@ -91,7 +95,7 @@ def test_resume_continues_the_loss_curve_exactly(tokenizer, docs, tmp_path):
     for a, b in zip(straight[4:], resumed, strict=True):
         assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"] and a["lr"] == b["lr"]
     assert straight[-1]["eval_ce"] == resumed[-1]["eval_ce"]
-    a_final = load_checkpoint(tmp_path / "a" / "step_0000008")[0].state_dict()
+    a_final = Transformer.from_pretrained(tmp_path / "a" / "step_0000008").state_dict()
     b_final = fresh.model.state_dict()
     assert all(torch.equal(a_final[k], b_final[k]) for k in a_final)
     logged = [json.loads(ln)["loss"] for ln in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
@@ -141,7 +145,7 @@ def test_consecutive_nan_steps_stop_training_and_keep_the_last_good_checkpoint(t
         tr.fit()
     assert tr.step == 7
     folder = latest_checkpoint(tmp_path)
-    saved = load_checkpoint(folder)[0].state_dict()
+    saved = Transformer.from_pretrained(folder).state_dict()
     assert all(torch.isfinite(t).all() for t in saved.values())
     assert all(torch.equal(saved[k], v) for k, v in weights(tr).items())  # skipped steps changed nothing
 
@@ -167,7 +171,7 @@ def test_disk_full_during_a_save_leaves_the_previous_checkpoint_intact(tokenizer
     monkeypatch.undo()
     assert latest_checkpoint(tmp_path).name == "step_0000002"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".step", "step"))) == ["step_0000002"]
-    load_checkpoint(tmp_path / "step_0000002")
+    Transformer.from_pretrained(tmp_path / "step_0000002")
     again = make_trainer(tokenizer, docs, tmp_path)
     again.resume(latest_checkpoint(tmp_path))
     assert again.step == 2

@@ -7,9 +7,13 @@ import json
 import pytest
 import torch
 
+from fusion.cli.train_vq import main
 from fusion.data.synthetic import SyntheticWorld, render
 from fusion.tokenizers.image import ImageTokenizer
-from fusion.train.vq import VQTrainConfig, code_stats, load_images, main, psnr, ssim, train_vq
+from fusion.train.vq.config import VQTrainConfig
+from fusion.train.vq.data import load_images
+from fusion.train.vq.loop import train_vq
+from fusion.train.vq.metrics import code_stats, psnr, ssim
 
 FAST = dict(train_images=256, eval_images=48, batch_size=16, progress=False)
 

@@ -1,17 +1,13 @@
-"""Import a local HF-format Chameleon / Anole checkpoint as a fusion model folder.
+"""HF transformers' Chameleon / Anole layout: its config, vocabulary map and weight names, and the import.
 
-Chameleon's vocabulary layout is kept: a ``Vocab`` built from the HF config's
-``vocabulary_map`` (image codes are the ``IMGIMG...`` entries, contiguous at ids
-4..8195 in the released models; every id counts as text). The VQ tokenizer's
-weights are copied untouched (``hf_vqmodel.safetensors`` + ``hf_vq_config.json``)
-for the image-tokenizer module to load; tokenizer files are copied as they are.
-
-    fusion convert SRC_DIR DST_DIR
+Chameleon's vocabulary layout is kept: a ``Vocab`` built from the HF config's ``vocabulary_map`` (image codes
+are the ``IMGIMG...`` entries, contiguous at ids 4..8195 in the released models; every id counts as text). The
+VQ tokenizer's weights are copied untouched (``hf_vqmodel.safetensors`` + ``hf_vq_config.json``) for the image
+tokenizer to load; tokenizer files are copied as they are. ``fusion convert SRC_DIR DST_DIR`` runs the import.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 from pathlib import Path
@@ -19,19 +15,19 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from fusion.io import atomic_path, read_json, save_tensors, write_json
+from fusion import checkpoint as names
+from fusion.files import atomic_path, read_json, save_tensors, write_json
 from fusion.model.config import ModelConfig
-from fusion.model.transformer import CONFIG_FILE, WEIGHTS_FILE
+from fusion.tokenizers.taming import HF_PREFIX as VQ_PREFIX
 from fusion.vocab import Vocab
 
-VQ_WEIGHTS_FILE = "hf_vqmodel.safetensors"
-VQ_CONFIG_FILE = "hf_vq_config.json"
-VQ_PREFIX = "model.vqmodel."
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.json", "chat_template.jinja", "preprocessor_config.json", "processor_config.json",
                    "generation_config.json")
 BOI_TOKEN, EOI_TOKEN = "<racm3:break>", "<eoss>"  # HF ChameleonProcessor's image start / end tokens
 IMAGE_PREFIX = "IMGIMG"
+# The released Chameleon / Anole models: 65,536 ids, the 8192 image codes at 4..8195.
+RELEASED = dict(size=65536, n_image=8192, image_start=4, boi=8197, eoi=8196)
 
 # fusion name <- HF name, per layer (after "model.layers.{i}.") and global.
 LAYER_MAP = {
@@ -54,6 +50,23 @@ GLOBAL_MAP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model
 
 
 # ------------------------------------------------------------------ config
+
+
+def image_token_name(code: int) -> str:
+    """Chameleon's spelling of image code ``code``: 'IMGIMG', its digits as letters A..J, one trailing 'Z'."""
+    return IMAGE_PREFIX + "".join(chr(ord("A") + int(c)) for c in str(code)) + "Z"
+
+
+def vocabulary_map(size: int = RELEASED["size"], n_image: int = RELEASED["n_image"], *,
+                   image_start: int = RELEASED["image_start"], boi: int = RELEASED["boi"],
+                   eoi: int = RELEASED["eoi"]) -> dict[str, int]:
+    """An HF ``vocabulary_map`` in Chameleon's layout (the released models' by default; smaller for tests):
+    ``<s> <pad> </s> <unk>`` at 0..3, the image tokens from ``image_start``, boi / eoi, ``tok{i}`` elsewhere."""
+    vmap = {f"tok{i}": i for i in range(size)}
+    vmap.update({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, BOI_TOKEN: boi, EOI_TOKEN: eoi})
+    vmap.update({image_token_name(c): image_start + c for c in range(n_image)})
+    taken = set(range(image_start, image_start + n_image)) | {0, 1, 2, 3, boi, eoi}
+    return {name: i for name, i in vmap.items() if not (name.startswith("tok") and i in taken)}
 
 
 def image_code_of(name: str) -> int:
@@ -182,22 +195,13 @@ def convert_hf_chameleon(src_dir: str | os.PathLike, dst_dir: str | os.PathLike)
     cfg = model_config_from_hf(hf)
     state, vq = hf_to_fusion_state(load_hf_state_dict(src), cfg)
     dst.mkdir(parents=True, exist_ok=True)
-    save_tensors(dst / WEIGHTS_FILE, state)
+    save_tensors(dst / names.MODEL_WEIGHTS, state)
     if vq:
-        save_tensors(dst / VQ_WEIGHTS_FILE, vq)
+        save_tensors(dst / names.HF_VQ_WEIGHTS, vq)
     if hf.get("vq_config"):
-        write_json(dst / VQ_CONFIG_FILE, hf["vq_config"])
+        write_json(dst / names.HF_VQ_CONFIG, hf["vq_config"])
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             _copy(src / name, dst / name)
-    write_json(dst / CONFIG_FILE, cfg.to_dict())  # last: a folder with config.json is complete
+    write_json(dst / names.MODEL_CONFIG, cfg.to_dict())  # last: a folder with config.json is complete
     return dst
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fusion convert", description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="local HF Chameleon / Anole folder (config.json + safetensors)")
-    parser.add_argument("dst", help="fusion model folder to write")
-    args = parser.parse_args(argv)
-    print(convert_hf_chameleon(args.src, args.dst))
-    return 0

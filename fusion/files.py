@@ -1,4 +1,4 @@
-"""Atomic file writes: a file on disk is always either the old version or the new one."""
+"""Atomic file writes (a file on disk is always the old version or the new one) and the JSON / safetensors readers."""
 
 from __future__ import annotations
 

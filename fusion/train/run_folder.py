@@ -17,15 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusion.io import atomic_path, read_json, write_json
-
-OPTIMIZER_FILE = "optimizer.pt"
-STATE_FILE = "trainer_state.json"
-LATEST = "latest"
-
-
-def step_name(step: int) -> str:
-    return f"step_{step:07d}"
+from fusion.checkpoint import LATEST, OPTIMIZER, STEP_GLOB, TRAINER_STATE, step_name
+from fusion.files import atomic_path, read_json, write_json
 
 
 def save_training_checkpoint(out_dir: str | os.PathLike, step: int, *, write_model: Callable[[Path], None],
@@ -38,9 +31,9 @@ def save_training_checkpoint(out_dir: str | os.PathLike, step: int, *, write_mod
     tmp.mkdir(parents=True)
     try:
         write_model(tmp)
-        with atomic_path(tmp / OPTIMIZER_FILE) as t:
+        with atomic_path(tmp / OPTIMIZER) as t:
             torch.save(optimizer_state, t)
-        write_json(tmp / STATE_FILE, trainer_state)
+        write_json(tmp / TRAINER_STATE, trainer_state)
         if final.exists():  # a re-save of the same step: a directory cannot be renamed over a non-empty one
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -58,7 +51,7 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     if not pointer.is_file():
         return None
     folder = Path(out_dir) / pointer.read_text().strip()
-    if not (folder / STATE_FILE).is_file():
+    if not (folder / TRAINER_STATE).is_file():
         raise FileNotFoundError(f"{pointer} points at {folder}, which is not a complete checkpoint")
     return folder
 
@@ -66,21 +59,21 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
 def prune(out_dir: str | os.PathLike, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` step folders (never the one ``latest`` names)."""
     out_dir = Path(out_dir)
-    keep = {p.name for p in sorted(out_dir.glob("step_*"))[-max(keep_last, 1):]}
+    keep = {p.name for p in sorted(out_dir.glob(STEP_GLOB))[-max(keep_last, 1):]}
     pointer = out_dir / LATEST
     if pointer.is_file():
         keep.add(pointer.read_text().strip())
-    for p in out_dir.glob("step_*"):
+    for p in out_dir.glob(STEP_GLOB):
         if p.name not in keep:
             shutil.rmtree(p)
 
 
 def load_trainer_state(folder: str | os.PathLike) -> dict:
-    return read_json(Path(folder) / STATE_FILE)
+    return read_json(Path(folder) / TRAINER_STATE)
 
 
 def load_optimizer_state(folder: str | os.PathLike) -> dict:
-    return torch.load(Path(folder) / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    return torch.load(Path(folder) / OPTIMIZER, map_location="cpu", weights_only=True)
 
 
 def config_diff(saved: dict, current: dict, *, ignore: tuple[str, ...] = ()) -> list[str]:

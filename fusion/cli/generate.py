@@ -1,0 +1,37 @@
+"""``fusion generate``: a prompt (text and / or images) -> the generated document, written as an HTML page."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+from fusion.cli.flags import add_config_flags, config_overrides
+from fusion.inference.config import MODES, GenerationConfig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fusion generate", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    ap.add_argument("--prompt", default="", help="prompt text (comes after the images)")
+    ap.add_argument("--image", action="append", default=[], help="prompt image file (repeatable)")
+    add_config_flags(ap, GenerationConfig, choices={"mode": MODES})
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA)")
+    ap.add_argument("--out", default="out.html", help="HTML file to write")
+    args = ap.parse_args(argv)
+    if not (args.image or args.prompt):
+        ap.error("give --prompt and / or --image")
+
+    from fusion.api import Fusion
+    from fusion.document import Document
+    from fusion.images import open_image
+
+    prompt = Document.of(*[open_image(p) for p in args.image], *([args.prompt] if args.prompt else []))
+    model = Fusion.from_pretrained(args.checkpoint, device=args.device)
+    config = GenerationConfig(**config_overrides(args, GenerationConfig))
+    doc = model.generate(prompt, config, seed=args.seed, compile=args.compile)
+    Document(prompt.segments + doc.segments).to_html(args.out, title=f"fusion generate: {args.prompt[:60]}")
+    print(f"{Path(args.out)}: {len(doc.texts)} text and {len(doc.images)} image segments")
+    return 0

@@ -1,0 +1,79 @@
+"""``GenerationConfig``: the one list of sampling knobs, read by the API, the CLI (flags made from its fields) and
+the decode loop. HF's names where HF has the knob; ``mode`` and ``image_guidance_scale`` are fusion's own."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+
+MODES = ("text", "image", "mixed")
+
+
+def _knob(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to continue a prompt; every value is checked when the config is made."""
+
+    mode: str = _knob("mixed", "text (no images), image (one image at once, then stop) or mixed")
+    max_new_tokens: int | None = _knob(None, "new tokens at most; default: one image in mode image, else 256 "
+                                             "(capped by the context)")
+    do_sample: bool = _knob(True, "sample; off: greedy (as temperature 0)")
+    temperature: float = _knob(1.0, "softmax temperature; 0 is greedy")
+    top_k: int = _knob(0, "keep the k most likely tokens (0: off)")
+    top_p: float = _knob(1.0, "keep the smallest set of tokens whose probability reaches p (1: off)")
+    repetition_penalty: float = _knob(1.0, "CTRL's penalty on tokens already in the context (1: off)")
+    guidance_scale: float = _knob(1.0, "classifier-free guidance of image tokens (1: off)")
+    image_guidance_scale: float | None = _knob(None, "with guidance: Chameleon's 3-way guidance, this scale for "
+                                                     "the prompt's images")
+    stop_strings: tuple[str, ...] = _knob((), "end a row once its text holds one of these")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop_strings, str):
+            object.__setattr__(self, "stop_strings", (self.stop_strings,))
+        object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
+            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        _check("temperature", self.temperature, lambda t: t >= 0, "must be >= 0 (0 = greedy)")
+        _check("top_k", self.top_k, lambda k: k >= 0 and k == int(k),
+               "must be a non-negative integer (0 = off)")
+        _check("top_p", self.top_p, lambda p: 0 < p <= 1, "must lie in (0, 1]")
+        _check("repetition_penalty", self.repetition_penalty, lambda r: r > 0, "must be > 0 (1 = off)")
+        _check("guidance_scale", self.guidance_scale, lambda g: g >= 0, "must be >= 0 (1 = no guidance)")
+        if self.image_guidance_scale is not None:
+            _check("image_guidance_scale", self.image_guidance_scale, lambda g: g >= 0, "must be >= 0")
+        if any(not isinstance(s, str) or not s for s in self.stop_strings):
+            raise ValueError(f"stop strings must be non-empty str, got {self.stop_strings!r}")
+
+    @property
+    def sampling_temperature(self) -> float:
+        """The temperature the sampler uses: 0 (greedy) when ``do_sample`` is off."""
+        return float(self.temperature) if self.do_sample else 0.0
+
+    @property
+    def guided(self) -> bool:
+        """Whether image tokens are guided (mode text never is)."""
+        return self.mode != "text" and (self.guidance_scale != 1.0 or self.image_guidance_scale not in (None, 1.0))
+
+    def replace(self, **changes) -> GenerationConfig:
+        """A copy with ``changes``; unknown names are a TypeError naming them."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise TypeError(f"unknown generation options {unknown}; GenerationConfig has "
+                            f"{[f.name for f in fields(self)]}")
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stop_strings"] = list(self.stop_strings)
+        return d
+
+
+def _check(name: str, value, ok: Callable[[float], bool], rule: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} {rule}, got {value!r}")

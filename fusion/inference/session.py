@@ -1,0 +1,106 @@
+"""A decode session: one batched generation over a static KV cache, a token per row per ``step()``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from fusion.inference.config import GenerationConfig
+from fusion.inference.prompts import PromptBatch, prepare_prompts
+from fusion.inference.step import Masks, RowState, StepOptions, choose, compiled_decode_one, decode_one
+from fusion.model.cache import KVCache
+from fusion.vocab import Vocab
+
+
+def _row_state(batch: PromptBatch, vocab: Vocab, n_codes: int, config: GenerationConfig, max_new_tokens: int,
+               device: torch.device) -> RowState:
+    """Each row's starting state: inside the image its prompt leaves open, the image budget of the mode."""
+    B = batch.batch
+    seen = None
+    if config.repetition_penalty != 1.0:
+        seen = torch.zeros(B, vocab.size, dtype=torch.bool)
+        for b, p in enumerate(batch.rows[:B]):
+            seen[b, p] = True
+    images = {"text": 0, "image": 1, "mixed": max_new_tokens}[config.mode]
+    full = lambda value: torch.full((B,), value, dtype=torch.long, device=device)  # noqa: E731
+    return RowState(
+        in_image=torch.tensor([k is not None for k in batch.open_codes], device=device),
+        codes_left=torch.tensor([n_codes - (k or 0) for k in batch.open_codes], device=device),
+        images_left=full(images), remaining=full(max_new_tokens),
+        done=torch.zeros(B, dtype=torch.bool, device=device), n_out=full(0),
+        seen=None if seen is None else seen.to(device))
+
+
+class DecodeSession:
+    """Prompts, cache and per-row state; ``step()`` returns the next token of every row, on the device."""
+
+    def __init__(self, model, prompts: Sequence[torch.Tensor], config: GenerationConfig, *, max_new_tokens: int,
+                 tokens_per_image: int, seed: int = 0, compile: bool = False) -> None:
+        vocab: Vocab = model.cfg.vocab
+        if not isinstance(tokens_per_image, int) or tokens_per_image < 1:
+            raise ValueError(f"tokens_per_image must be a positive int, got {tokens_per_image!r}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+        batch = prepare_prompts(prompts, vocab, tokens_per_image, config, max_new_tokens, model.cfg.max_seq_len)
+        param = next(model.parameters())
+        device = param.device
+        self.model, self.B, self.prefix = model, batch.batch, batch.prefixes
+        self.max_new_tokens, self.steps = max_new_tokens, 0
+        self.opts = StepOptions(n_codes=tokens_per_image, groups=batch.groups, boi_id=vocab.boi_id,
+                                eoi_id=vocab.eoi_id, eos_id=vocab.eos_id, temperature=config.sampling_temperature,
+                                top_k=int(config.top_k), top_p=float(config.top_p),
+                                repetition_penalty=float(config.repetition_penalty),
+                                guidance_scale=float(config.guidance_scale),
+                                image_guidance_scale=float(config.image_guidance_scale or 1.0))
+        self.masks = Masks.build(vocab, device)
+        self.state = _row_state(batch, vocab, tokens_per_image, config, max_new_tokens, device)
+        lengths = torch.tensor([len(p) for p in batch.rows])
+        self.cache = KVCache.allocate(model.cfg, len(batch.rows), int(lengths.max()) + max_new_tokens, device,
+                                      param.dtype)
+        self._prompt_ids = torch.nn.utils.rnn.pad_sequence(batch.rows, batch_first=True, padding_value=vocab.pad_id)
+        self._lengths = lengths.to(device)
+        self._gen = torch.Generator(device).manual_seed(seed)
+        self._noise = torch.ones(self.B, vocab.size, device=device)
+        self._tok: torch.Tensor | None = None
+        self._step_fn = decode_one
+        if compile and device.type == "cuda":
+            for t in self.cache.k + self.cache.v + [self.cache.seqlens] + self.state.tensors():
+                torch._dynamo.mark_static_address(t)
+            self._step_fn = compiled_decode_one()
+
+    def _fill_noise(self) -> torch.Tensor:
+        if self.opts.temperature > 0:
+            self._noise.exponential_(generator=self._gen)
+        return self._noise
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """The next token of every row [B] (pad for finished rows), on the device; no host sync."""
+        if self.steps >= self.max_new_tokens:
+            raise RuntimeError("the token budget is spent")
+        noise = self._fill_noise()
+        if self._tok is None:  # the ragged prefill of every prompt
+            logits = self.model.next_logits(self._prompt_ids.to(self._lengths.device), self.cache, self._lengths)
+            tok = choose(logits, self.state, self.masks, self.opts, noise)
+        else:
+            tok = self._step_fn(self.model, self.cache, self._tok, self.state, self.masks, self.opts, noise)
+        self._tok = tok.clone()  # a CUDA-graph output is overwritten by the next replay
+        self.steps += 1
+        return self._tok
+
+    def all_done(self) -> bool:
+        """Host sync: have all rows finished?"""
+        return self.steps >= self.max_new_tokens or bool(self.state.done.all())
+
+    def finish(self, rows: Sequence[int]) -> None:
+        """Mark rows finished (e.g. a stop string matched on the host)."""
+        self.state.done[torch.tensor(list(rows), dtype=torch.long, device=self.state.done.device)] = True
+
+    def iter_ids(self) -> Iterator[int]:
+        """A one-row session's tokens one at a time as host ints (a sync per token, for streaming), prefix first."""
+        if self.B != 1:
+            raise ValueError(f"iter_ids streams one row, the session has {self.B}")
+        yield from self.prefix[0]
+        while not self.all_done():
+            yield int(self.step()[0])

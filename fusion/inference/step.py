@@ -1,0 +1,132 @@
+"""One decode step for a batch of rows, each running its own modality state machine in device tensors.
+
+- text: image ids masked; ``boi`` allowed only when images are enabled and a whole image (boi + N codes + eoi,
+  N = the image tokenizer's ``tokens_per_image``) still fits in the row's budget;
+- image: only image ids until N codes are out, then ``eoi`` is forced and the row is back in text.
+
+Rows of one batch may sit in different modes at the same step. Classifier-free guidance runs extra copies of
+every row (``groups``) in the same batch; guidance only mixes logits while a row is inside an image. Nothing
+here syncs with the host, so ``decode_one`` compiles (and becomes a CUDA graph) as one piece.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fusion.inference import sampling
+from fusion.model.cache import KVCache
+from fusion.vocab import Vocab
+
+
+@dataclass
+class RowState:
+    """Per-row decode state [B] on the device; updated in place so compiled steps see fixed addresses."""
+
+    in_image: torch.Tensor     # bool: inside an image span
+    codes_left: torch.Tensor   # long: image codes still owed by the open image (0: eoi is next)
+    images_left: torch.Tensor  # long: images this row may still start (and finishing the last one ends it)
+    remaining: torch.Tensor    # long: new tokens left in the budget
+    done: torch.Tensor         # bool: finished rows emit pad
+    n_out: torch.Tensor        # long: tokens emitted before finishing
+    seen: torch.Tensor | None  # bool [B, V]: ids in the context, for the repetition penalty
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in vars(self).values() if t is not None]
+
+
+@dataclass(frozen=True)
+class Masks:
+    """Constant [V] bool masks of the vocabulary, built once per call."""
+
+    text: torch.Tensor
+    image: torch.Tensor
+    boi: torch.Tensor
+    eoi: torch.Tensor
+    pad: torch.Tensor
+
+    @classmethod
+    def build(cls, vocab: Vocab, device) -> Masks:
+        def one(i: int) -> torch.Tensor:
+            m = torch.zeros(vocab.size, dtype=torch.bool, device=device)
+            m[i] = True
+            return m
+
+        return cls(vocab.text_mask(device), vocab.image_mask(device), one(vocab.boi_id), one(vocab.eoi_id),
+                   one(vocab.pad_id))
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """Everything a step needs besides tensors (hashable, so a compiled step specialises on it)."""
+
+    n_codes: int                 # tokens_per_image
+    groups: int                  # 1, 2 (guidance) or 3 (3-way guidance) copies of each row
+    boi_id: int
+    eoi_id: int
+    eos_id: int
+    temperature: float = 1.0     # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    guidance_scale: float = 1.0
+    image_guidance_scale: float = 1.0
+
+
+def allowed_ids(state: RowState, masks: Masks, n_codes: int) -> torch.Tensor:
+    """[B, V] bool: what each row may emit now, by its mode and budget."""
+    may_start = (state.images_left > 0) & (state.remaining >= n_codes + 2)
+    text_ok = masks.text | (masks.boi & may_start[:, None])
+    image_ok = torch.where((state.codes_left > 0)[:, None], masks.image, masks.eoi)
+    allowed = torch.where(state.in_image[:, None], image_ok, text_ok)
+    return torch.where(state.done[:, None], masks.pad, allowed)
+
+
+def guide(logits: torch.Tensor, state: RowState, opts: StepOptions) -> torch.Tensor:
+    """[G*B, V] logits of every copy -> [B, V]: guided inside images, the conditional row elsewhere."""
+    g = logits.view(opts.groups, -1, logits.shape[-1])
+    if opts.groups == 1:
+        return g[0]
+    guided = (sampling.cfg_mix(g[0], g[1], opts.guidance_scale) if opts.groups == 2
+              else sampling.cfg_mix3(g[0], g[1], g[2], opts.guidance_scale, opts.image_guidance_scale))
+    return torch.where(state.in_image[:, None], guided, g[0])
+
+
+def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions,
+           noise: torch.Tensor) -> torch.Tensor:
+    """Guide, mask, filter and sample one token per row from [G*B, V] logits; advance the state in place."""
+    mixed = sampling.process(guide(logits, state, opts), allowed=allowed_ids(state, masks, opts.n_codes),
+                             seen=state.seen, repetition_penalty=opts.repetition_penalty, top_k=opts.top_k,
+                             top_p=opts.top_p)
+    tok = sampling.sample(mixed, opts.temperature, noise)
+
+    is_boi, is_eoi = tok == opts.boi_id, tok == opts.eoi_id
+    live = ~state.done
+    state.n_out.add_(live.long())
+    state.codes_left.copy_(torch.where(is_boi, opts.n_codes, state.codes_left - (state.in_image & ~is_eoi).long()))
+    state.in_image.copy_((state.in_image & ~is_eoi) | is_boi)
+    state.images_left.sub_(is_eoi.long())
+    state.remaining.sub_(1)
+    state.done.copy_(state.done | (tok == opts.eos_id) | (is_eoi & (state.images_left == 0))
+                     | (state.remaining <= 0))
+    if state.seen is not None:
+        state.seen.scatter_(1, tok[:, None], True)
+    return tok
+
+
+def decode_one(model, cache: KVCache, tok: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions,
+               noise: torch.Tensor) -> torch.Tensor:
+    """Feed each row's last token [B] (to all G copies), return the next [B]. The part worth compiling."""
+    return choose(model.next_logits(tok.repeat(opts.groups)[:, None], cache), state, masks, opts, noise)
+
+
+_compiled_decode_one = None
+
+
+def compiled_decode_one():
+    """``decode_one`` compiled once per process (CUDA graphs through mode="reduce-overhead")."""
+    global _compiled_decode_one
+    if _compiled_decode_one is None:
+        _compiled_decode_one = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
+    return _compiled_decode_one

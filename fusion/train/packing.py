@@ -1,0 +1,119 @@
+"""Packing: tokenized documents -> shuffled, rank-sharded training sequences of ``seq_len + 1`` tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from fusion.data.shards import TokenDocs
+from fusion.vocab import IGNORE_INDEX
+
+PAD_DOC = -1  # doc id of padding positions
+
+
+class PackedDataset:
+    """Documents packed into sequences of ``seq_len + 1`` tokens, shuffled per epoch, sharded by rank.
+
+    Each epoch shuffles document order with ``seed + epoch``, concatenates, and cuts consecutive chunks, so
+    every token appears exactly once per epoch (a long document continues in the next sequence, where its
+    positions restart). Rank r takes global sequences r, r + world_size, ...; a global batch is
+    ``world_size * batch_size`` sequences. ``drop_last`` drops the incomplete final global batch; otherwise
+    it is filled with padding sequences (all targets ignored). Iteration never ends: it runs epoch after epoch.
+    """
+
+    def __init__(self, docs: TokenDocs, seq_len: int, batch_size: int, *, pad_id: int = 0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
+        if seq_len <= 0 or batch_size <= 0:
+            raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        if len(docs) == 0 or int(docs.lengths.sum()) == 0:
+            raise ValueError("no tokens to train on: the corpus is empty")
+        self.docs, self.seq_len, self.batch_size = docs, seq_len, batch_size
+        self.pad_id, self.seed, self.rank, self.world_size, self.drop_last = pad_id, seed, rank, world_size, drop_last
+        total = int(docs.lengths.sum())
+        self.num_sequences = -(-total // (seq_len + 1))  # the last one is padded
+        per_global = world_size * batch_size
+        full, rest = divmod(self.num_sequences, per_global)
+        self.batches_per_epoch = full if drop_last else full + (rest > 0)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"the corpus makes {self.num_sequences} sequences of {seq_len + 1} tokens, fewer than "
+                             f"one global batch ({per_global}); lower batch_size/seq_len or add data")
+        self.epoch, self.index = 0, 0  # the position: next batch is (epoch, index)
+        self._order_epoch, self._starts, self._order = -1, None, None
+
+    # ------------------------------------------------------------ position
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "seq_len": self.seq_len,
+                "batch_size": self.batch_size, "world_size": self.world_size,
+                "num_sequences": self.num_sequences}
+
+    def load_state_dict(self, state: dict) -> None:
+        mine = self.state_dict()
+        differ = [k for k in ("seed", "seq_len", "batch_size", "world_size", "num_sequences") if state[k] != mine[k]]
+        if differ:
+            raise ValueError("data position does not fit this dataset: "
+                             + ", ".join(f"{k} saved {state[k]} != now {mine[k]}" for k in differ))
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+    # ------------------------------------------------------------ sequences
+
+    def _epoch_order(self, epoch: int) -> None:
+        if self._order_epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = rng.permutation(len(self.docs))
+            self._starts = np.concatenate([[0], np.cumsum(self.docs.lengths[self._order])])
+            self._order_epoch = epoch
+
+    def sequence(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Global sequence ``i`` of ``epoch``: (tokens [seq_len+1], doc ids [seq_len+1], -1 on padding)."""
+        self._epoch_order(epoch)
+        n = self.seq_len + 1
+        tokens = np.full(n, self.pad_id, dtype=np.int64)
+        doc_ids = np.full(n, PAD_DOC, dtype=np.int64)
+        if i >= self.num_sequences:
+            return tokens, doc_ids
+        pos, end = i * n, min((i + 1) * n, int(self._starts[-1]))
+        j = int(np.searchsorted(self._starts, pos, side="right")) - 1
+        while pos < end:
+            lo, hi = int(self._starts[j]), int(self._starts[j + 1])
+            take = min(hi, end) - pos
+            doc = self.docs[int(self._order[j])]
+            tokens[pos - i * n:pos - i * n + take] = doc[pos - lo:pos - lo + take]
+            doc_ids[pos - i * n:pos - i * n + take] = self._order[j]
+            pos += take
+            j += 1
+        return tokens, doc_ids
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        """This rank's share of global batch ``index``: ids, targets, doc_ids, each [batch_size, seq_len]."""
+        first = index * self.world_size * self.batch_size
+        seqs = [self.sequence(epoch, first + b * self.world_size + self.rank) for b in range(self.batch_size)]
+        tokens = torch.from_numpy(np.stack([s[0] for s in seqs]))
+        docs = torch.from_numpy(np.stack([s[1] for s in seqs]))
+        targets = tokens[:, 1:].clone()
+        # a target in another document (or padding) is not predictable from this one
+        targets[(docs[:, 1:] != docs[:, :-1]) | (docs[:, 1:] == PAD_DOC)] = IGNORE_INDEX
+        # doc ids renumbered per row from 0 so they stay small; equality is all attention needs
+        local = docs[:, :-1]
+        starts = torch.ones_like(local, dtype=torch.bool)
+        starts[:, 1:] = local[:, 1:] != local[:, :-1]
+        return {"ids": tokens[:, :-1].contiguous(), "targets": targets, "doc_ids": starts.long().cumsum(1) - 1}
+
+    def epoch_batches(self, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over an epoch (for evaluation); does not move the position."""
+        for index in range(self.batches_per_epoch):
+            yield self.batch(epoch, index)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        out = self.batch(self.epoch, self.index)
+        self.index += 1
+        if self.index == self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+        return out
