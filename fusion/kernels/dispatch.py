@@ -35,6 +35,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from fusion.vocab import IGNORE_INDEX
+
 log = logging.getLogger(__name__)
 
 OPS = ("attention", "decode_attention", "rms_norm", "swiglu", "linear_cross_entropy", "rope")
@@ -203,9 +205,8 @@ def _attention_flash(q, k, v, *, causal, doc_ids, scale):
     if doc_ids is None:
         return flash_attn_func(q, k, v, causal=causal, softmax_scale=scale).transpose(1, 2)
     B, T, H, D = q.shape
-    first = torch.ones_like(doc_ids, dtype=torch.bool)
-    first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    starts = first.flatten().nonzero().flatten()
+    from fusion.kernels.doc_runs import run_starts
+    starts = run_starts(doc_ids).flatten().nonzero().flatten()
     cu = torch.cat([starts, starts.new_tensor([B * T])]).to(torch.int32)
     max_len = int((cu[1:] - cu[:-1]).max())
     flat = lambda x: x.reshape(B * T, x.shape[2], D)
@@ -263,7 +264,7 @@ def swiglu(gate, up):
     return _IMPLS["swiglu"][backend_for("swiglu", gate.device)](gate, up)
 
 
-def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100):
+def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = IGNORE_INDEX):
     """Per-token cross-entropy and logsumexp of ``hidden @ weight.T``."""
     return _IMPLS["linear_cross_entropy"][backend_for("linear_cross_entropy", hidden.device)](
         hidden, weight, targets, ignore_index=ignore_index)
