@@ -20,12 +20,10 @@ from fusion.kernels.doc_runs import run_bounds
 from fusion.kernels.triton_utils import LN2, LOG2E, Launch, autotune, check_launch, dot_precision, pow2, upcast_dots
 
 # GPU autotune candidates; the shared-memory rule (``_smem``) drops those that cannot fit the device.
-FWD_CONFIGS = [triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=3)
-               for bn in (64, 128) for w in (4, 8)]
-DKDV_CONFIGS = ([triton.Config({"BLOCK_M": bm, "BLOCK_N": 128}, num_warps=8, num_stages=3) for bm in (32, 64)]
-                + [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)])
-DQ_CONFIGS = ([triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=8, num_stages=3) for bn in (32, 64)]
-              + [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)])
+_C = lambda m, n, w, s: triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+FWD_CONFIGS = [_C(*c) for c in ((128,64,4,3),(128,64,8,3),(128,128,4,3),(128,128,8,3),(64,64,4,3),(64,32,4,3),(128,32,8,3),(64,64,4,2),(128,64,8,2),(64,128,4,3))]
+DKDV_CONFIGS = [_C(*c) for c in ((32,128,8,3),(64,128,8,3),(64,64,4,3),(32,64,4,3),(32,128,4,3),(64,64,8,3),(32,64,4,2),(16,64,4,3),(16,128,8,3))]
+DQ_CONFIGS = [_C(*c) for c in ((128,32,8,3),(128,64,8,3),(64,64,4,3),(64,32,4,3),(128,32,4,3),(64,64,8,3),(64,32,4,2),(128,16,8,3))]
 INTERPRET_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})
 _KEY = ["T", "BLOCK_D", "CAUSAL", "HAS_DOC"]
 

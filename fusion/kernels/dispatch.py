@@ -21,7 +21,9 @@ Tensor layouts (the contract every backend implements):
                [B, 1, T, D] (rotate-half convention) -> (q, k) rotated
 
 Triton backends on CPU run only under ``TRITON_INTERPRET=1`` (set before triton
-is imported); that is how tests exercise them. The triton attention backend
+is imported); that is how tests exercise them. A Triton kernel that fails to
+build on the GPU at hand falls back to the CPU default with one warning
+(``fallback.py``; ``FUSION_STRICT_KERNELS=1`` makes it an error). The triton attention backend
 reads ``doc_ids`` as contiguous runs (how packing lays documents out).
 """
 
@@ -232,10 +234,13 @@ _IMPLS: dict[str, dict[str, object]] = {
     "rope": {"eager": _rope_eager},
 }
 if HAS_TRITON:
+    from fusion.kernels.fallback import guarded
+
     for _op, _fn in (("attention", _attention_triton), ("decode_attention", _decode_triton),
                      ("rms_norm", _rms_norm_triton), ("swiglu", _swiglu_triton),
                      ("linear_cross_entropy", _linear_cross_entropy_triton), ("rope", _rope_triton)):
-        _IMPLS[_op]["triton"] = _fn
+        _cpu = _default(_op, torch.device("cpu"))  # a kernel that cannot build falls back to the CPU default
+        _IMPLS[_op]["triton"] = guarded(_op, _fn, _IMPLS[_op][_cpu], _cpu)
 if HAS_FLASH_ATTN:
     _IMPLS["attention"]["flash_attn"] = _attention_flash
     _IMPLS["decode_attention"]["flash_attn"] = _decode_flash
