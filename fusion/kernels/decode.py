@@ -19,8 +19,9 @@ from fusion.kernels.triton_utils import LOG2E, Launch, autotune, check_launch, d
 
 SPLIT_ALIGN = 128  # slice length is a multiple of every BLOCK_N candidate
 
+# Decoding streams K/V once: tiles of 64 or 128 keys, 2 or 3 stages (128 keys with 4 warps spills on sm_80).
 SPLIT_CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
-                 for bn in (64, 128) for w in (4, 8) for s in (2, 3)]
+                 for bn, w, s in ((64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3))]
 INTERPRET_CONFIG = triton.Config({"BLOCK_N": 32})
 
 

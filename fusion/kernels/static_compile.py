@@ -26,7 +26,7 @@ from fusion.kernels.static_cases import Spec, launches, specs
 from fusion.kernels.triton_utils import fitting
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-PLAIN = triton.Config({}, num_warps=4, num_stages=3)  # what a non-autotuned launch compiles with on CUDA
+OPTIONS = ("num_warps", "num_stages")  # launch options a host wrapper may pass next to the arguments
 
 
 def _backend(target: int):
@@ -40,8 +40,9 @@ def kernel_name(kernel) -> str:
 
 def candidates(kernel, args: dict, smem_limit: int) -> list[tuple[int, triton.Config, bool]]:
     """(index, config, pruned) for every GPU config of ``kernel``; pruned ones fail the shared-memory rule."""
-    if not isinstance(kernel, Autotuner):
-        return [(0, PLAIN, False)]
+    if not isinstance(kernel, Autotuner):  # CUDA's defaults unless the wrapper passes its own
+        return [(0, triton.Config({}, num_warps=args.get("num_warps", 4), num_stages=args.get("num_stages", 3)),
+                 False)]
     kept = fitting(kernel.gpu_configs, args, kernel.smem_estimate, smem_limit)
     return [(j, c, not any(c is k for k in kept)) for j, c in enumerate(kernel.gpu_configs)]
 
