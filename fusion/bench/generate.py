@@ -128,7 +128,8 @@ def bench_image(hf, ours, args: Options, device: torch.device) -> list[dict]:
     cond = torch.cat([prompt, torch.tensor([v.boi_id])])
     uncond = torch.cat([torch.full((len(cond) - 2,), v.pad_id), torch.tensor([v.bos_id, v.boi_id])])
     ids = torch.stack([cond, uncond]).to(device)
-    attn = torch.stack([torch.ones(len(cond)), torch.cat([torch.zeros(len(cond) - 2), torch.ones(2)])]).long().to(device)
+    attn = torch.stack([torch.ones(len(cond)), torch.cat([torch.zeros(len(cond) - 2), torch.ones(2)])])
+    attn = attn.long().to(device)
     hf_len = ids.shape[1]
     # HF forbids image ids in its forward; lift that so it can write an image the same way we do.
     hf_kw = dict(attention_mask=attn, max_new_tokens=1025, min_new_tokens=1025, do_sample=True, top_k=0,

@@ -15,7 +15,16 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion.kernels.triton_utils import LOG2E, Launch, autotune, check_launch, dot_precision, interpreting, pow2, upcast_dots
+from fusion.kernels.triton_utils import (
+    LOG2E,
+    Launch,
+    autotune,
+    check_launch,
+    dot_precision,
+    interpreting,
+    pow2,
+    upcast_dots,
+)
 
 SPLIT_ALIGN = 128  # slice length is a multiple of every BLOCK_N candidate
 
