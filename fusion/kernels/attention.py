@@ -16,26 +16,32 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion.kernels.triton_utils import check_launch, configs, dot_precision, pow2, upcast_dots
+from fusion.kernels.doc_runs import run_bounds
+from fusion.kernels.triton_utils import LN2, LOG2E, Launch, autotune, check_launch, dot_precision, pow2, upcast_dots
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-
-_FWD_CONFIGS = configs(
-    [triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=w, num_stages=3) for bn in (64, 128) for w in (4, 8)],
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}),
-)
-_DKDV_CONFIGS = configs(
-    [triton.Config({"BLOCK_M": bm, "BLOCK_N": 128}, num_warps=8, num_stages=3) for bm in (32, 64)]
-    + [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)],
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}),
-)
-_DQ_CONFIGS = configs(
-    [triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=8, num_stages=3) for bn in (32, 64)]
-    + [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)],
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}),
-)
+# GPU autotune candidates (BLOCK_M, BLOCK_N, warps, stages): those that compile without register spills on
+# sm_80 and sm_90 at head_dim 32, 64 and 128 (tests/kernels/test_static.py holds them to it). Dropped after
+# the static report: 128x128 tiles, 4 warps at 128x64, and dk/dv tiles of 64 queries, which spill at
+# head_dim 64 or 128 on at least one target. Larger head dims are pruned by shared memory (``_smem``).
+_C = lambda m, n, w, s: triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+FWD_CONFIGS = [_C(128, 64, 8, 2), _C(128, 32, 8, 3), _C(64, 64, 4, 3), _C(64, 32, 4, 3)]
+DKDV_CONFIGS = [_C(16, 128, 8, 3), _C(32, 64, 4, 2), _C(16, 64, 4, 3)]
+DQ_CONFIGS = [_C(128, 32, 8, 3), _C(64, 64, 4, 3), _C(64, 32, 4, 2)]
+INTERPRET_CONFIG = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32})
 _KEY = ["T", "BLOCK_D", "CAUSAL", "HAS_DOC"]
+
+
+def _smem(streamed: str, resident: str, n_resident: int, n_rows: int):
+    """Shared memory (bytes) of a kernel that keeps ``n_resident`` tiles of ``resident`` rows, streams two
+    tiles of ``streamed`` rows (K and V, or Q and dO) and ``n_rows`` fp32/int32 row vectors (lse, delta, doc
+    ids) through ``num_stages`` buffers. An upper bound: the static tests compare it with the compiler's."""
+
+    def estimate(config: triton.Config, args: dict) -> int:
+        stages, stream, keep = config.num_stages, config.kwargs[streamed], config.kwargs[resident]
+        tiles = (stages * 2 * stream + n_resident * keep) * args["BLOCK_D"] * args["Q"].element_size()
+        return tiles + stages * stream * n_rows * 4
+
+    return estimate
 
 
 @triton.jit
@@ -75,7 +81,7 @@ def _load_kv_tile(k_base, v_base, skt, svt, DOC, b, T, offs_n, offs_d, d_ok,
     return k, v, doc_n
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_KEY)
+@autotune(FWD_CONFIGS, INTERPRET_CONFIG, _KEY, _smem("BLOCK_N", "BLOCK_M", 1, 1))
 @triton.jit
 def _fwd_kernel(Q, K, V, OUT, LSE, DOC, DOC_LO, DOC_HI,
                 sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
@@ -127,7 +133,7 @@ def _fwd_kernel(Q, K, V, OUT, LSE, DOC, DOC_LO, DOC_HI,
     tl.store(LSE + pid_bh.to(tl.int64) * T + offs_m, (m_i + tl.log2(l_safe)) * LN2, mask=offs_m < T)
 
 
-@triton.autotune(configs=_DKDV_CONFIGS, key=_KEY)
+@autotune(DKDV_CONFIGS, INTERPRET_CONFIG, _KEY, _smem("BLOCK_M", "BLOCK_N", 2, 3))
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DOC, DOC_LO, DOC_HI,
                      sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
@@ -185,7 +191,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DOC, DOC_LO, DOC_HI,
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=nd_mask)
 
 
-@triton.autotune(configs=_DQ_CONFIGS, key=_KEY)
+@autotune(DQ_CONFIGS, INTERPRET_CONFIG, _KEY, _smem("BLOCK_N", "BLOCK_M", 2, 1))
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, DOC, DOC_LO, DOC_HI,
                    sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
@@ -235,18 +241,6 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, DOC, DOC_LO, DOC_HI,
 # ------------------------------------------------------------------ host side
 
 
-def doc_ranges(doc_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per token, the [start, end) of its run of equal ``doc_ids``: int32 [B, T] each, no host sync."""
-    B, T = doc_ids.shape
-    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
-    change = doc_ids[:, 1:] != doc_ids[:, :-1]
-    first = torch.cat([torch.ones_like(change[:, :1]), change], 1)
-    last = torch.cat([change, torch.ones_like(change[:, :1])], 1)
-    lo = torch.where(first, idx, 0).cummax(1).values
-    hi = torch.where(last, idx + 1, T).flip(1).cummin(1).values.flip(1)
-    return lo.to(torch.int32).contiguous(), hi.to(torch.int32).contiguous()
-
-
 def _validate(q, k, v, doc_ids) -> None:
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"q, k, v must be [B, H, T, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
@@ -265,34 +259,33 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _doc_args(doc_ids, q):
+def _shared_args(q, k, v, causal: bool, doc_ids) -> dict:
+    """Arguments every attention kernel takes alike: document runs, K/V strides, T, D, G and the constexprs."""
     if doc_ids is None:
-        return q, q, q, False  # never read: HAS_DOC=False prunes every use
-    lo, hi = doc_ranges(doc_ids)
-    return doc_ids.to(torch.int32).contiguous(), lo, hi, True
+        doc = dict(DOC=q, DOC_LO=q, DOC_HI=q, HAS_DOC=False)  # never read: HAS_DOC=False prunes every use
+    else:
+        lo, hi = run_bounds(doc_ids)
+        doc = dict(DOC=doc_ids.to(torch.int32).contiguous(), DOC_LO=lo, DOC_HI=hi, HAS_DOC=True)
+    D = q.shape[3]
+    return dict(Q=q, K=k, V=v, **doc, skb=k.stride(0), skh=k.stride(1), skt=k.stride(2), svb=v.stride(0),
+                svh=v.stride(1), svt=v.stride(2), T=q.shape[2], D=D, G=q.shape[1] // k.shape[1], CAUSAL=causal,
+                BLOCK_D=pow2(D), PREC=dot_precision(q.dtype), UPCAST=upcast_dots(q.dtype))
 
 
-def attention_forward(q, k, v, *, causal: bool, doc_ids=None, scale: float | None = None):
-    """Attention output [B, Hq, T, D] and row logsumexp [B, Hq, T] (fp32, natural log)."""
-    _validate(q, k, v, doc_ids)
+def forward_launch(q, k, v, *, causal: bool, doc_ids=None, scale: float | None = None):
+    """The forward's ``Launch`` and its outputs (o [B, H, T, D], lse [B, H, T] fp32) it will fill."""
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     B, H, T, D = q.shape
     scale = scale if scale is not None else 1.0 / math.sqrt(D)
     o = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
     lse = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-    doc, lo, hi, has_doc = _doc_args(doc_ids, q)
-    grid = lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H)
-    _fwd_kernel[grid](q, k, v, o, lse, doc, lo, hi,
-                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                      v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-                      H, T, D, H // k.shape[1], scale * LOG2E,
-                      CAUSAL=causal, HAS_DOC=has_doc, BLOCK_D=pow2(D), PREC=dot_precision(q.dtype),
-                      UPCAST=upcast_dots(q.dtype))
-    return o, lse
+    args = dict(_shared_args(q, k, v, causal, doc_ids), OUT=o, LSE=lse, sqb=q.stride(0), sqh=q.stride(1),
+                sqt=q.stride(2), sob=o.stride(0), soh=o.stride(1), sot=o.stride(2), H=H, scale_log2=scale * LOG2E.value)
+    return Launch(_fwd_kernel, lambda meta: (triton.cdiv(T, meta["BLOCK_M"]), B * H), args), o, lse
 
 
-def attention_backward(do, q, k, v, o, lse, *, causal: bool, doc_ids=None, scale: float | None = None):
-    """Gradients (dq, dk, dv) given the forward's output and logsumexp."""
+def backward_launches(do, q, k, v, o, lse, *, causal: bool, doc_ids=None, scale: float | None = None):
+    """The backward's two ``Launch``es (dk/dv, then dq) and the gradients (dq, dk, dv) they fill."""
     q, k, v, do = _unit_last(q), _unit_last(k), _unit_last(v), _unit_last(do)
     B, H, T, D = q.shape
     Hkv = k.shape[1]
@@ -301,15 +294,28 @@ def attention_backward(do, q, k, v, o, lse, *, causal: bool, doc_ids=None, scale
     dq = torch.empty(B, H, T, D, device=q.device, dtype=q.dtype)
     dk = torch.empty(B, Hkv, T, D, device=q.device, dtype=k.dtype)
     dv = torch.empty(B, Hkv, T, D, device=q.device, dtype=v.dtype)
-    doc, lo, hi, has_doc = _doc_args(doc_ids, q)
-    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2))
-    meta = dict(CAUSAL=causal, HAS_DOC=has_doc, BLOCK_D=pow2(D), PREC=dot_precision(q.dtype),
-                UPCAST=upcast_dots(q.dtype))
-    _bwd_dkdv_kernel[lambda m: (triton.cdiv(T, m["BLOCK_N"]), B * Hkv)](
-        q, k, v, do, lse, delta, dk, dv, doc, lo, hi, *strides, Hkv, T, D, H // Hkv, scale, scale * LOG2E, **meta)
-    _bwd_dq_kernel[lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H)](
-        q, k, v, do, lse, delta, dq, doc, lo, hi, *strides, H, T, D, H // Hkv, scale, scale * LOG2E, **meta)
+    args = dict(_shared_args(q, k, v, causal, doc_ids), DO=do, LSE=lse, DELTA=delta, sqb=q.stride(0),
+                sqh=q.stride(1), sqt=q.stride(2), sdb=do.stride(0), sdh=do.stride(1), sdt=do.stride(2), scale=scale,
+                scale_log2=scale * LOG2E.value)
+    dkdv = Launch(_bwd_dkdv_kernel, lambda m: (triton.cdiv(T, m["BLOCK_N"]), B * Hkv),
+                  dict(args, DK=dk, DV=dv, HKV=Hkv))
+    dq_launch = Launch(_bwd_dq_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), dict(args, DQ=dq, H=H))
+    return [dkdv, dq_launch], dq, dk, dv
+
+
+def attention_forward(q, k, v, *, causal: bool, doc_ids=None, scale: float | None = None):
+    """Attention output [B, Hq, T, D] and row logsumexp [B, Hq, T] (fp32, natural log)."""
+    _validate(q, k, v, doc_ids)
+    launch, o, lse = forward_launch(q, k, v, causal=causal, doc_ids=doc_ids, scale=scale)
+    launch.run()
+    return o, lse
+
+
+def attention_backward(do, q, k, v, o, lse, *, causal: bool, doc_ids=None, scale: float | None = None):
+    """Gradients (dq, dk, dv) given the forward's output and logsumexp."""
+    launches, dq, dk, dv = backward_launches(do, q, k, v, o, lse, causal=causal, doc_ids=doc_ids, scale=scale)
+    for launch in launches:
+        launch.run()
     return dq, dk, dv
 
 

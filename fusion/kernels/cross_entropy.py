@@ -11,14 +11,14 @@ elements: no more than ``hidden`` itself. At N=16k, d=4096, V=65,536 that is 16 
 (128 MiB of bf16 logits + a 256 MiB fp32 working copy), and 1,024-row matmuls still run near peak.
 
 Two implementations of the per-chunk softmax part share the chunk loop: pure torch (the ``chunked``
-backend, runs anywhere) and Triton kernels (one program per row, online logsumexp over vocab blocks).
+backend, runs anywhere) and Triton kernels (``cross_entropy_triton.py``: one program per row).
 """
 
 from __future__ import annotations
 
 import torch
 
-BLOCK_V = 1024
+from fusion.vocab import IGNORE_INDEX
 
 
 def chunk_size(n_tokens: int, vocab: int, dim: int) -> int:
@@ -45,74 +45,11 @@ def _grad_torch(logits, targets, lse, g_ce, g_lse, ignore_index):
     return grad.mul_(valid[:, None]).to(logits.dtype)
 
 
-# -------------------------------------------------------------- triton part
-
-
-def _triton_parts():
-    """Kernels built on first use, so the ``chunked`` backend never imports triton."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def ce_lse_kernel(LOGITS, stride, TARGETS, CE, LSE, V, ignore_index, BLOCK_V: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        base = LOGITS + row * stride
-        target = tl.load(TARGETS + row)
-        m = float("-inf")
-        s = 0.0
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, 0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), 0)
-            m = m_new
-        lse = m + tl.log(s)
-        valid = target != ignore_index
-        picked = tl.load(base + tl.where(valid, target, 0)).to(tl.float32)
-        tl.store(CE + row, tl.where(valid, lse - picked, 0.0))
-        tl.store(LSE + row, lse)
-
-    @triton.jit
-    def grad_kernel(LOGITS, stride, TARGETS, LSE, G_CE, G_LSE, V, ignore_index, BLOCK_V: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        base = LOGITS + row * stride
-        target = tl.load(TARGETS + row)
-        lse = tl.load(LSE + row)
-        g_ce = tl.load(G_CE + row)
-        g_sum = g_ce + tl.load(G_LSE + row)
-        keep = (target != ignore_index).to(tl.float32)
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            x = tl.load(base + cols, mask=cols < V, other=0.0).to(tl.float32)
-            grad = g_sum * tl.exp(x - lse) - tl.where(cols == target, g_ce, 0.0)
-            tl.store(base + cols, (grad * keep).to(LOGITS.dtype.element_ty), mask=cols < V)
-
-    def ce_lse(logits, targets, ignore_index):
-        n, V = logits.shape
-        ce = torch.empty(n, device=logits.device, dtype=torch.float32)
-        lse = torch.empty_like(ce)
-        ce_lse_kernel[(n,)](logits, logits.stride(0), targets, ce, lse, V, ignore_index, BLOCK_V=BLOCK_V)
-        return ce, lse
-
-    def grad(logits, targets, lse, g_ce, g_lse, ignore_index):
-        n, V = logits.shape
-        grad_kernel[(n,)](logits, logits.stride(0), targets, lse, g_ce.contiguous(), g_lse.contiguous(), V,
-                          ignore_index, BLOCK_V=BLOCK_V)
-        return logits  # overwritten in place with d/dlogits
-
-    return ce_lse, grad
-
-
-_TRITON: tuple | None = None
-
-
 def _impl(use_triton: bool):
-    global _TRITON
     if not use_triton:
         return _ce_lse_torch, _grad_torch
-    if _TRITON is None:
-        _TRITON = _triton_parts()
-    return _TRITON
+    from fusion.kernels import cross_entropy_triton  # imported on first use: ``chunked`` needs no triton
+    return cross_entropy_triton.ce_lse, cross_entropy_triton.grad
 
 
 # ------------------------------------------------------------- the function
@@ -153,7 +90,7 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
         return dh, None if dw is None else dw.to(weight.dtype), None, None, None, None
 
 
-def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100, chunk: int | None = None,
+def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = IGNORE_INDEX, chunk: int | None = None,
                          use_triton: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token (ce [N], lse [N]) of ``hidden @ weight.T`` in fp32; ignored rows give 0 for both."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:

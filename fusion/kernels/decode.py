@@ -15,18 +15,32 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion.kernels.triton_utils import check_launch, configs, dot_precision, interpreting, pow2, upcast_dots
-
-LOG2E = 1.4426950408889634
-SPLIT_ALIGN = 128  # slice length is a multiple of every BLOCK_N candidate
-
-_SPLIT_CONFIGS = configs(
-    [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s) for bn in (64, 128) for w in (4, 8) for s in (2, 3)],
-    triton.Config({"BLOCK_N": 32}),
+from fusion.kernels.triton_utils import (
+    LOG2E,
+    Launch,
+    autotune,
+    check_launch,
+    dot_precision,
+    interpreting,
+    pow2,
+    upcast_dots,
 )
 
+SPLIT_ALIGN = 128  # slice length is a multiple of every BLOCK_N candidate
 
-@triton.autotune(configs=_SPLIT_CONFIGS, key=["Tmax", "BLOCK_M", "BLOCK_D"])
+# Decoding streams K/V once: tiles of 64 or 128 keys, 2 or 3 stages (128 keys with 4 warps spills on sm_80).
+SPLIT_CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
+                 for bn, w, s in ((64, 4, 2), (64, 4, 3), (128, 8, 2), (128, 8, 3))]
+INTERPRET_CONFIG = triton.Config({"BLOCK_N": 32})
+
+
+def _smem(config: triton.Config, args: dict) -> int:
+    """Upper bound (bytes) on shared memory: K and V tiles in ``num_stages`` buffers plus the Q tile."""
+    rows = config.num_stages * 2 * config.kwargs["BLOCK_N"] + args["BLOCK_M"]
+    return rows * args["BLOCK_D"] * args["Q"].element_size()
+
+
+@autotune(SPLIT_CONFIGS, INTERPRET_CONFIG, ["Tmax", "BLOCK_M", "BLOCK_D"], _smem)
 @triton.jit
 def _split_kernel(Q, K, V, SEQLENS, O_PART, LSE_PART,
                   sqb, sqh, sqt, skb, skh, skt, svb, svh, svt,
@@ -98,12 +112,15 @@ def _combine_kernel(O_PART, LSE_PART, OUT, n_splits, D, BLOCK_S: tl.constexpr, B
     tl.store(OUT + row * D + offs_d, out.to(OUT.dtype.element_ty), mask=offs_d < D)
 
 
-def _num_splits(device: torch.device, programs: int, Tmax: int) -> int:
+def split_count(sms: int, programs: int, Tmax: int) -> int:
     """Enough slices that ~2 programs run per SM, never slices shorter than SPLIT_ALIGN keys."""
-    if device.type != "cuda" or interpreting():
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(triton.cdiv(2 * sms, programs), triton.cdiv(Tmax, SPLIT_ALIGN)))
+
+
+def _device_sms(device: torch.device) -> int | None:
+    if device.type != "cuda" or interpreting():
+        return None
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _validate(q, k_cache, v_cache, cache_seqlens) -> None:
@@ -123,10 +140,10 @@ def _validate(q, k_cache, v_cache, cache_seqlens) -> None:
     check_launch(q, k_cache, v_cache, cache_seqlens)
 
 
-def decode_attention(q, k_cache, v_cache, cache_seqlens, *, scale: float | None = None,
-                     num_splits: int | None = None) -> torch.Tensor:
-    """Attention of q's Tq tokens against the valid part of the cache -> [B, Hq, Tq, D] in q's dtype."""
-    _validate(q, k_cache, v_cache, cache_seqlens)
+def decode_launches(q, k_cache, v_cache, cache_seqlens, *, scale: float | None = None,
+                    num_splits: int | None = None, sms: int | None = None):
+    """The split and combine ``Launch``es and the output [B, Hq, Tq, D] they fill. The split count comes
+    from ``num_splits``, else from ``sms`` (the device's SM count), else 1."""
     unit = lambda x: x if x.stride(-1) == 1 else x.contiguous()
     q, k_cache, v_cache = unit(q), unit(k_cache), unit(v_cache)
     B, Hq, Tq, D = q.shape
@@ -134,19 +151,31 @@ def decode_attention(q, k_cache, v_cache, cache_seqlens, *, scale: float | None 
     G = Hq // Hkv
     block_m = pow2(min(Tq * G, 64))
     m_blocks = triton.cdiv(Tq * G, block_m)
-    splits = num_splits or _num_splits(q.device, B * Hkv * m_blocks, Tmax)
+    splits = num_splits or (split_count(sms, B * Hkv * m_blocks, Tmax) if sms else 1)
     chunk = triton.cdiv(triton.cdiv(Tmax, splits), SPLIT_ALIGN) * SPLIT_ALIGN
     splits = triton.cdiv(Tmax, chunk)
     o_part = torch.empty(B, Hq, Tq, splits, D, device=q.device, dtype=torch.float32)
     lse_part = torch.empty(B, Hq, Tq, splits, device=q.device, dtype=torch.float32)
-    scale = scale if scale is not None else 1.0 / math.sqrt(D)
-    _split_kernel[(B * Hkv, m_blocks, splits)](
-        q, k_cache, v_cache, cache_seqlens.to(torch.int32), o_part, lse_part,
-        q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        Hkv, Tq, Tmax, D, G, chunk, splits, scale * LOG2E,
-        BLOCK_M=block_m, BLOCK_D=pow2(D), PREC=dot_precision(q.dtype), UPCAST=upcast_dots(q.dtype))
     out = torch.empty(B, Hq, Tq, D, device=q.device, dtype=q.dtype)
-    _combine_kernel[(B * Hq * Tq,)](o_part, lse_part, out, splits, D,
-                                     BLOCK_S=pow2(splits, 2), BLOCK_D=pow2(D))
+    scale = scale if scale is not None else 1.0 / math.sqrt(D)
+    split = Launch(_split_kernel, (B * Hkv, m_blocks, splits), dict(
+        Q=q, K=k_cache, V=v_cache, SEQLENS=cache_seqlens.to(torch.int32), O_PART=o_part, LSE_PART=lse_part,
+        sqb=q.stride(0), sqh=q.stride(1), sqt=q.stride(2), skb=k_cache.stride(0), skh=k_cache.stride(1),
+        skt=k_cache.stride(2), svb=v_cache.stride(0), svh=v_cache.stride(1), svt=v_cache.stride(2),
+        HKV=Hkv, Tq=Tq, Tmax=Tmax, D=D, G=G, chunk=chunk, n_splits=splits, scale_log2=scale * LOG2E.value,
+        BLOCK_M=block_m, BLOCK_D=pow2(D), PREC=dot_precision(q.dtype), UPCAST=upcast_dots(q.dtype)))
+    combine = Launch(_combine_kernel, (B * Hq * Tq,), dict(
+        O_PART=o_part, LSE_PART=lse_part, OUT=out, n_splits=splits, D=D, BLOCK_S=pow2(splits, 2),
+        BLOCK_D=pow2(D)))
+    return [split, combine], out
+
+
+def decode_attention(q, k_cache, v_cache, cache_seqlens, *, scale: float | None = None,
+                     num_splits: int | None = None) -> torch.Tensor:
+    """Attention of q's Tq tokens against the valid part of the cache -> [B, Hq, Tq, D] in q's dtype."""
+    _validate(q, k_cache, v_cache, cache_seqlens)
+    launches, out = decode_launches(q, k_cache, v_cache, cache_seqlens, scale=scale, num_splits=num_splits,
+                                    sms=_device_sms(q.device))
+    for launch in launches:
+        launch.run()
     return out

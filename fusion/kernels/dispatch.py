@@ -21,7 +21,9 @@ Tensor layouts (the contract every backend implements):
                [B, 1, T, D] (rotate-half convention) -> (q, k) rotated
 
 Triton backends on CPU run only under ``TRITON_INTERPRET=1`` (set before triton
-is imported); that is how tests exercise them. The triton attention backend
+is imported); that is how tests exercise them. A Triton kernel that fails to
+build on the GPU at hand falls back to the CPU default with one warning
+(``fallback.py``; ``FUSION_STRICT_KERNELS=1`` makes it an error). The triton attention backend
 reads ``doc_ids`` as contiguous runs (how packing lays documents out).
 """
 
@@ -34,6 +36,8 @@ import os
 
 import torch
 import torch.nn.functional as F
+
+from fusion.vocab import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -203,9 +207,8 @@ def _attention_flash(q, k, v, *, causal, doc_ids, scale):
     if doc_ids is None:
         return flash_attn_func(q, k, v, causal=causal, softmax_scale=scale).transpose(1, 2)
     B, T, H, D = q.shape
-    first = torch.ones_like(doc_ids, dtype=torch.bool)
-    first[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-    starts = first.flatten().nonzero().flatten()
+    from fusion.kernels.doc_runs import run_starts
+    starts = run_starts(doc_ids).flatten().nonzero().flatten()
     cu = torch.cat([starts, starts.new_tensor([B * T])]).to(torch.int32)
     max_len = int((cu[1:] - cu[:-1]).max())
     flat = lambda x: x.reshape(B * T, x.shape[2], D)
@@ -231,10 +234,13 @@ _IMPLS: dict[str, dict[str, object]] = {
     "rope": {"eager": _rope_eager},
 }
 if HAS_TRITON:
+    from fusion.kernels.fallback import guarded
+
     for _op, _fn in (("attention", _attention_triton), ("decode_attention", _decode_triton),
                      ("rms_norm", _rms_norm_triton), ("swiglu", _swiglu_triton),
                      ("linear_cross_entropy", _linear_cross_entropy_triton), ("rope", _rope_triton)):
-        _IMPLS[_op]["triton"] = _fn
+        _cpu = _default(_op, torch.device("cpu"))  # a kernel that cannot build falls back to the CPU default
+        _IMPLS[_op]["triton"] = guarded(_op, _fn, _IMPLS[_op][_cpu], _cpu)
 if HAS_FLASH_ATTN:
     _IMPLS["attention"]["flash_attn"] = _attention_flash
     _IMPLS["decode_attention"]["flash_attn"] = _decode_flash
@@ -263,7 +269,7 @@ def swiglu(gate, up):
     return _IMPLS["swiglu"][backend_for("swiglu", gate.device)](gate, up)
 
 
-def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = -100):
+def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = IGNORE_INDEX):
     """Per-token cross-entropy and logsumexp of ``hidden @ weight.T``."""
     return _IMPLS["linear_cross_entropy"][backend_for("linear_cross_entropy", hidden.device)](
         hidden, weight, targets, ignore_index=ignore_index)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion.kernels.triton_utils import check_launch, interpreting, pow2
+from fusion.kernels.triton_utils import Launch, check_launch, interpreting, pow2
 
 
 @triton.jit
@@ -48,10 +48,36 @@ def _bwd_kernel(DY, X, W, RSTD, DX, DW_PART, R, N, rows_per_program, BLOCK: tl.c
     tl.store(DW_PART + pid * N + cols, dw, mask=ok)
 
 
-def _programs(device: torch.device, rows: int) -> int:
+def _device_sms(device: torch.device) -> int | None:
     if device.type == "cuda" and not interpreting():
-        return min(rows, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
-    return min(rows, 4)
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return None
+
+
+def _warps(block: int) -> int:
+    """One warp per 1024 columns (4 to 16): the backward keeps five row-long fp32 vectors in registers, and
+    at 8192 columns with 4 warps they spill (static report, sm_80 and sm_90)."""
+    return min(16, max(4, block // 1024))
+
+
+def forward_launch(x2: torch.Tensor, w: torch.Tensor, eps: float):
+    """The forward ``Launch`` over rows of ``x2 [R, N]`` and the (y, rstd) it fills."""
+    R, N = x2.shape
+    y = torch.empty(x2.shape, device=x2.device, dtype=torch.promote_types(x2.dtype, w.dtype))
+    rstd = torch.empty(R, device=x2.device, dtype=torch.float32)
+    args = dict(X=x2, W=w, Y=y, RSTD=rstd, N=N, eps=eps, BLOCK=pow2(N), num_warps=_warps(pow2(N)))
+    return Launch(_fwd_kernel, (R,), args), y, rstd
+
+
+def backward_launch(dy, x2, w, rstd, sms: int | None = None):
+    """The backward ``Launch`` (4 programs per SM, each a run of rows) and the (dx, dw partials) it fills."""
+    R, N = x2.shape
+    programs = min(R, 4 * sms if sms else 4)
+    dx = torch.empty_like(x2)
+    dw_part = torch.empty(programs, N, device=x2.device, dtype=torch.float32)
+    args = dict(DY=dy, X=x2, W=w, RSTD=rstd, DX=dx, DW_PART=dw_part, R=R, N=N,
+                rows_per_program=triton.cdiv(R, programs), BLOCK=pow2(N), num_warps=_warps(pow2(N)))
+    return Launch(_bwd_kernel, (programs,), args), dx, dw_part
 
 
 class RMSNormFunction(torch.autograd.Function):
@@ -60,25 +86,19 @@ class RMSNormFunction(torch.autograd.Function):
         if x.shape[-1:] != weight.shape:
             raise ValueError(f"weight must be [{x.shape[-1]}], got {tuple(weight.shape)}")
         check_launch(x, weight)
-        shape, N = x.shape, x.shape[-1]
-        x2 = x.reshape(-1, N).contiguous()
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()
         w = weight.contiguous()
-        y = torch.empty(x2.shape, device=x.device, dtype=torch.promote_types(x.dtype, weight.dtype))
-        rstd = torch.empty(x2.shape[0], device=x.device, dtype=torch.float32)
-        _fwd_kernel[(x2.shape[0],)](x2, w, y, rstd, N, eps, BLOCK=pow2(N))
+        launch, y, rstd = forward_launch(x2, w, eps)
+        launch.run()
         ctx.save_for_backward(x2, w, rstd)
-        ctx.shape = shape
-        return y.view(shape)
+        ctx.shape = x.shape
+        return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, w, rstd = ctx.saved_tensors
-        R, N = x2.shape
-        dy = dy.reshape(R, N).contiguous()
-        dx = torch.empty_like(x2)
-        programs = _programs(x2.device, R)
-        dw_part = torch.empty(programs, N, device=x2.device, dtype=torch.float32)
-        _bwd_kernel[(programs,)](dy, x2, w, rstd, dx, dw_part, R, N, triton.cdiv(R, programs), BLOCK=pow2(N))
+        launch, dx, dw_part = backward_launch(dy.reshape(x2.shape).contiguous(), x2, w, rstd, _device_sms(x2.device))
+        launch.run()
         return dx.view(ctx.shape), dw_part.sum(0).to(w.dtype), None
 
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion.kernels.triton_utils import check_launch, pow2
+from fusion.kernels.triton_utils import Launch, check_launch, pow2
 
 
 @triton.jit
@@ -55,14 +55,21 @@ def _table(x: torch.Tensor, B: int, T: int, D: int, name: str) -> tuple[torch.Te
                      f"got {tuple(x.shape)}")
 
 
-def _rotate(x: torch.Tensor, cos, sin, backward: bool) -> torch.Tensor:
+def rotate_launch(x: torch.Tensor, cos, sin, backward: bool):
+    """The ``Launch`` rotating ``x [B, H, T, D]`` (or, backward, its gradient) and the output it fills."""
     B, H, T, D = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
     y = torch.empty(B, H, T, D, device=x.device, dtype=x.dtype)
     (cos, scb, sct), (sin, _, _) = _table(cos, B, T, D, "cos"), _table(sin, B, T, D, "sin")
-    _rope_kernel[(B * T,)](x, y, cos, sin, x.stride(0), x.stride(1), x.stride(2), scb, sct, H, T, D // 2,
-                           BACKWARD=backward, BLOCK_H=pow2(H, 1), BLOCK_HALF=pow2(D // 2, 1))
+    args = dict(X=x, Y=y, COS=cos, SIN=sin, sxb=x.stride(0), sxh=x.stride(1), sxt=x.stride(2), scb=scb, sct=sct,
+                H=H, T=T, HALF=D // 2, BACKWARD=backward, BLOCK_H=pow2(H, 1), BLOCK_HALF=pow2(D // 2, 1))
+    return Launch(_rope_kernel, (B * T,), args), y
+
+
+def _rotate(x: torch.Tensor, cos, sin, backward: bool) -> torch.Tensor:
+    launch, y = rotate_launch(x, cos, sin, backward)
+    launch.run()
     return y
 
 

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusion.kernels.triton_utils import check_launch
+from fusion.kernels.triton_utils import Launch, check_launch
 
 BLOCK = 1024
 
@@ -32,6 +32,21 @@ def _bwd_kernel(DY, G, U, DG, DU, n, BLOCK: tl.constexpr):
     tl.store(DU + offs, (dy * g * sig).to(DU.dtype.element_ty), mask=ok)
 
 
+def forward_launch(gate: torch.Tensor, up: torch.Tensor):
+    """The forward ``Launch`` over contiguous ``gate``/``up`` and the output it fills."""
+    y = torch.empty_like(gate)
+    n = gate.numel()
+    return Launch(_fwd_kernel, (triton.cdiv(n, BLOCK),), dict(G=gate, U=up, Y=y, n=n, BLOCK=BLOCK)), y
+
+
+def backward_launch(dy: torch.Tensor, gate: torch.Tensor, up: torch.Tensor):
+    """The backward ``Launch`` and the (dgate, dup) it fills."""
+    dg, du = torch.empty_like(gate), torch.empty_like(up)
+    n = gate.numel()
+    args = dict(DY=dy, G=gate, U=up, DG=dg, DU=du, n=n, BLOCK=BLOCK)
+    return Launch(_bwd_kernel, (triton.cdiv(n, BLOCK),), args), dg, du
+
+
 class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gate, up):
@@ -40,18 +55,16 @@ class SwiGLUFunction(torch.autograd.Function):
                              f"{tuple(up.shape)} {up.dtype}")
         check_launch(gate, up)
         gate, up = gate.contiguous(), up.contiguous()
-        y = torch.empty_like(gate)
-        n = gate.numel()
-        _fwd_kernel[(triton.cdiv(n, BLOCK),)](gate, up, y, n, BLOCK=BLOCK)
+        launch, y = forward_launch(gate, up)
+        launch.run()
         ctx.save_for_backward(gate, up)
         return y
 
     @staticmethod
     def backward(ctx, dy):
         gate, up = ctx.saved_tensors
-        dg, du = torch.empty_like(gate), torch.empty_like(up)
-        n = gate.numel()
-        _bwd_kernel[(triton.cdiv(n, BLOCK),)](dy.contiguous(), gate, up, dg, du, n, BLOCK=BLOCK)
+        launch, dg, du = backward_launch(dy.contiguous(), gate, up)
+        launch.run()
         return dg, du
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fusion.kernels import dispatch
-from fusion.kernels.attention import doc_ranges, flash_attention
+from fusion.kernels.attention import flash_attention
 
 from .conftest import close
 
@@ -66,13 +66,6 @@ def test_strided_inputs_and_scale(device):
     q, k, v = (torch.randn(2, 33, h, 16, device=device).transpose(1, 2) for h in (4, 2, 2))
     close(flash_attention(q, k, v, causal=True, scale=0.3), reference(q, k, v, True, None, scale=0.3),
           torch.float32)
-
-
-def test_doc_ranges():
-    doc_ids = torch.tensor([[1, 1, 2, 2, 2, 7], [5, 5, 5, 5, 5, 5]])
-    lo, hi = doc_ranges(doc_ids)
-    assert lo.tolist() == [[0, 0, 2, 2, 2, 5], [0] * 6]
-    assert hi.tolist() == [[2, 2, 5, 5, 5, 6], [6] * 6]
 
 
 def test_dispatch_selects_triton(device):

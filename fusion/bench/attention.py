@@ -3,30 +3,43 @@
 TFLOP/s (``common.attention_flops``) for fwd and fwd+bwd at a fixed token budget per batch
 (B = tokens // T), H = model_dim // D. Each backend is checked against SDPA's math backend before it is
 timed; a backend that errors or disagrees is reported, not timed. Example:
-``python -m benchmarks.attention --head-dims 64 128 --seqlens 512 1024 2048 4096 8192 16384``.
+``fusion bench attention --head-dims 64 128 --seqlens 512 1024 2048 4096 8192 16384``.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.common import (
+from fusion.bench.common import (
     DTYPES,
-    add_run_args,
+    RunOptions,
     attention_flops,
     env_info,
     matmul_roof,
-    parse_run_args,
     plot,
     print_table,
+    ready,
     timeit,
-    write_csv,
 )
+
+
+@dataclass(frozen=True)
+class Options(RunOptions):
+    """Attention throughput options."""
+
+    head_dims: tuple[int, ...] = field(default=(64, 128), metadata={"help": "head dims D"})
+    seqlens: tuple[int, ...] = field(default=(512, 1024, 2048, 4096, 8192, 16384), metadata={"help": "lengths T"})
+    tokens: int = field(default=16384, metadata={"help": "B * T per measurement"})
+    model_dim: int = field(default=2048, metadata={"help": "H = model_dim // D"})
+    causal: str = field(default="both", metadata={"help": "causal masks to run", "choices": ["both", "yes", "no"]})
+    backends: tuple[str, ...] = field(default=(), metadata={"help": "subset of backends (default: all available)"})
+    plot: bool = field(default=True, metadata={"help": "also write attention_{fwd,fwd_bwd}.png"})
 
 
 def backends() -> dict[str, Callable]:
@@ -67,7 +80,7 @@ def backends() -> dict[str, Callable]:
     return out
 
 
-def measure(name, fn, q, k, v, causal, reference, args, device) -> dict:
+def measure(name, fn, q, k, v, causal, reference, args: Options, device) -> dict:
     row = {}
     try:
         out = fn(q, k, v, causal)
@@ -94,44 +107,36 @@ def measure(name, fn, q, k, v, causal, reference, args, device) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--seqlens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--tokens", type=int, default=16384, help="B * T per measurement")
-    p.add_argument("--model-dim", type=int, default=2048, help="H = model_dim // D")
-    p.add_argument("--causal", choices=["both", "yes", "no"], default="both")
-    p.add_argument("--backends", nargs="*", help="subset of backends (default: all available)")
-    add_run_args(p, tol=2e-2, warmup=5, iters=20)
-    args = parse_run_args(p, argv)
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+def _shapes(opts: Options):
+    for D in opts.head_dims:
+        for T in opts.seqlens:
+            for causal in {"both": (True, False), "yes": (True,), "no": (False,)}[opts.causal]:
+                yield D, T, causal, max(1, opts.tokens // T), max(1, opts.model_dim // D)
+
+
+def run(opts: Options) -> list[dict]:
+    """One row per (backend, D, T, causal): fwd and fwd+bwd ms and TFLOP/s, or why it was not timed."""
+    if not ready("attention", opts.device):
+        return []
+    device, dtype = torch.device(opts.device), DTYPES[opts.dtype]
     info = env_info(device)
     roof = matmul_roof(device) if device.type == "cuda" else None
     print(info, f"bf16 matmul roof: {roof and round(roof)} TFLOP/s")
-    table = {k: v for k, v in backends().items() if not args.backends or k in args.backends}
+    table = {k: v for k, v in backends().items() if not opts.backends or k in opts.backends}
     rows = []
-    for D in args.head_dims:
-        for T in args.seqlens:
-            for causal in {"both": (True, False), "yes": (True,), "no": (False,)}[args.causal]:
-                B, H = max(1, args.tokens // T), max(1, args.model_dim // D)
-                torch.manual_seed(0)
-                q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(3))
-                with sdpa_kernel(SDPBackend.MATH):
-                    reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
-                for name, fn in table.items():
-                    rows.append({"backend": name, "D": D, "T": T, "B": B, "H": H, "causal": causal,
-                                 **measure(name, fn, q, k, v, causal, reference, args, device)})
-                    print_table(rows[-1:])
+    for D, T, causal, B, H in _shapes(opts):
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(B, H, T, D, device=device, dtype=dtype) for _ in range(3))
+        with sdpa_kernel(SDPBackend.MATH):
+            reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+        for name, fn in table.items():
+            rows.append({"backend": name, "D": D, "T": T, "B": B, "H": H, "causal": causal,
+                         **measure(name, fn, q, k, v, causal, reference, opts, device)})
+            print_table(rows[-1:])
     rows = [{"fwd_ms": None, "fwd_tflops": None, "fwd_bwd_ms": None, "fwd_bwd_tflops": None, **r, **info}
             for r in rows]
-    print_table([{k: r[k] for k in ("backend", "D", "T", "causal", "fwd_tflops", "fwd_bwd_tflops", "status")}
-                 for r in rows])
-    write_csv(rows, args.out / "attention.csv")
-    for mode in ("fwd", "fwd_bwd"):
-        plot(rows, "T", f"{mode}_tflops", ["backend"], ["D", "causal"], args.out / f"attention_{mode}.png",
-             roof=roof, roof_label="bf16 matmul")
-    print(f"wrote {args.out}/attention.csv and attention_{{fwd,fwd_bwd}}.png")
-
-
-if __name__ == "__main__":
-    main()
+    if opts.plot:
+        for mode in ("fwd", "fwd_bwd"):
+            plot(rows, "T", f"{mode}_tflops", ["backend"], ["D", "causal"], Path(opts.out) / f"attention_{mode}.png",
+                 roof=roof, roof_label="bf16 matmul")
+    return rows

@@ -2,27 +2,18 @@
 
 Each variant runs forward + backward; the table gives median ms and peak extra memory. Outputs are
 checked against eager before timing. Defaults are an 8B-class layer at 16k tokens with a 65,536 vocab;
-``--small`` shrinks everything for a quick run. Example: ``python -m benchmarks.ops --ops cross_entropy``.
+``--small`` shrinks everything for a quick run. Example: ``fusion bench ops --ops cross_entropy``.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields
 
 import torch
 
-from benchmarks.common import (
-    DTYPES,
-    add_run_args,
-    env_info,
-    parse_run_args,
-    peak_memory,
-    print_table,
-    timeit,
-    write_csv,
-)
+from fusion.bench.common import DTYPES, RunOptions, env_info, peak_memory, print_table, ready, timeit
+from fusion.vocab import IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -36,6 +27,29 @@ class Shapes:
 
 
 SMALL = Shapes(tokens=1024, hidden=512, ffn=1536, heads=8, head_dim=64, vocab=8192)
+OPS = ("rms_norm", "rope", "swiglu", "cross_entropy")
+
+
+@dataclass(frozen=True)
+class Options(RunOptions):
+    """Small-op options; a shape left at 0 takes the default (or ``--small``) value."""
+
+    tol: float = field(default=5e-2, metadata={"help": "max error vs eager, relative to its scale"})
+    warmup: int = field(default=3, metadata={"help": "untimed calls before timing"})
+    iters: int = field(default=10, metadata={"help": "timed calls (the median is reported)"})
+    ops: tuple[str, ...] = field(default=OPS, metadata={"help": "ops to run", "choices": OPS})
+    small: bool = field(default=False, metadata={"help": f"use {SMALL}"})
+    tokens: int = field(default=0, metadata={"help": f"tokens (default {Shapes.tokens})"})
+    hidden: int = field(default=0, metadata={"help": f"model width (default {Shapes.hidden})"})
+    ffn: int = field(default=0, metadata={"help": f"MLP width (default {Shapes.ffn})"})
+    heads: int = field(default=0, metadata={"help": f"heads (default {Shapes.heads})"})
+    head_dim: int = field(default=0, metadata={"help": f"head dim (default {Shapes.head_dim})"})
+    vocab: int = field(default=0, metadata={"help": f"vocabulary (default {Shapes.vocab})"})
+    compile: bool = field(default=True, metadata={"help": "add the torch.compile(eager) variant"})
+
+    def shapes(self) -> Shapes:
+        base = SMALL if self.small else Shapes()
+        return Shapes(**{f.name: getattr(self, f.name) or getattr(base, f.name) for f in fields(Shapes)})
 
 
 def cases(s: Shapes, device, dtype) -> dict[str, tuple[Callable[[], tuple], dict[str, Callable]]]:
@@ -57,7 +71,7 @@ def cases(s: Shapes, device, dtype) -> dict[str, tuple[Callable[[], tuple], dict
         targets = torch.randint(0, s.vocab, (s.tokens,), device=device)
         return leaf(s.tokens, s.hidden), leaf(s.vocab, s.hidden, scale=0.02), targets
 
-    ce_eager = lambda h, w, t: dispatch._linear_cross_entropy_eager(h, w, t, ignore_index=-100)
+    ce_eager = lambda h, w, t: dispatch._linear_cross_entropy_eager(h, w, t, ignore_index=IGNORE_INDEX)
     return {
         "rms_norm": (lambda: (leaf(s.tokens, s.hidden), leaf(s.hidden)),
                      {"eager": lambda x, w: dispatch._rms_norm_eager(x, w, 1e-5),
@@ -92,37 +106,26 @@ def measure(fn, inputs, expected, args, device) -> dict:
     return {"ms": ms, "peak_mib": None if peak is None else peak / 2**20, "status": f"ok (err {err:.2g})"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ops", nargs="+", default=["rms_norm", "rope", "swiglu", "cross_entropy"])
-    p.add_argument("--small", action="store_true", help=f"use {SMALL}")
-    for field, default in vars(Shapes()).items():
-        p.add_argument(f"--{field.replace('_', '-')}", type=int, help=f"default {default}")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile(eager) variant")
-    add_run_args(p, tol=5e-2, warmup=3, iters=10)
-    args = parse_run_args(p, argv)
-    shapes = SMALL if args.small else Shapes()
-    shapes = replace(shapes, **{f: getattr(args, f) for f in vars(shapes) if getattr(args, f) is not None})
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+def run(opts: Options) -> list[dict]:
+    """One row per (op, variant): fwd+bwd ms and peak extra MiB, after a check against eager."""
+    if not ready("ops", opts.device):
+        return []
+    shapes = opts.shapes()
+    device, dtype = torch.device(opts.device), DTYPES[opts.dtype]
     info = env_info(device)
     print(info, shapes)
     rows = []
     for op, (make, variants) in cases(shapes, device, dtype).items():
-        if op not in args.ops:
+        if op not in opts.ops:
             continue
-        if not args.no_compile:
+        if opts.compile:
             variants = {**variants, "compiled": torch.compile(variants["eager"])}
         torch.manual_seed(0)
         inputs = make()
         expected = [o.float() for o in _outputs(variants["eager"](*inputs))]
         for name, fn in variants.items():
             row = {"op": op, "variant": name, "ms": None, "peak_mib": None,
-                   **measure(fn, inputs, expected, args, device)}
+                   **measure(fn, inputs, expected, opts, device)}
             rows.append({**row, **{k: str(v) for k, v in vars(shapes).items()}, **info})
             print_table([{k: row[k] for k in ("op", "variant", "ms", "peak_mib", "status")}])
-    write_csv(rows, args.out / "ops.csv")
-    print(f"wrote {args.out}/ops.csv")
-
-
-if __name__ == "__main__":
-    main()
+    return rows

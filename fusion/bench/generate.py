@@ -1,6 +1,6 @@
-"""Generation throughput on a GPU: decode tokens/s and GB/s, one CFG image vs HF, batched text-to-image.
+"""Generation throughput: decode tokens/s and GB/s, one CFG image vs HF, batched text-to-image.
 
-    python benchmarks/generate.py [--preset 1b] [--compile] [--csv benchmarks/generate.csv]
+    fusion bench generate [--preset 1b] [--compile]
 
 Rows (random weights; correctness first: the greedy ids of our cached decode must equal a full recompute):
 - decode, batch 1, ``--preset`` shapes: tokens/s and achieved GB/s = (weight bytes + KV-cache bytes read per
@@ -8,17 +8,18 @@ Rows (random weights; correctness first: the greedy ids of our cached decode mus
 - one image (1024 codes, CFG): wall time, ours vs HF transformers ``generate`` on the same converted random
   Chameleon model (HF runs the image tokens with its own logits processors; both produce 1024 + 2 tokens).
 - batched text-to-image at batch 16 with CFG: images/s.
+``--device cpu --skip-hf`` runs the decode row on a CPU (a smoke test, not a number).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import print_table, write_csv
+from fusion.bench.common import copy_roof, ready, sync
 from fusion.inference.generate import generate_ids
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
@@ -28,24 +29,25 @@ CHAMELEON_VOCAB = dict(size=65536, text_start=0, text_count=65536, image_start=4
                        bos_id=0, eos_id=2, boi_id=8197, eoi_id=8196)
 
 
-def copy_bandwidth(device, nbytes: int = 1 << 30) -> float:
-    """Device-to-device copy GB/s (read + write), the memory roof of this run."""
-    a = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device)
-    b = torch.empty_like(a)
-    b.copy_(a)
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        b.copy_(a)
-    torch.cuda.synchronize()
-    return 2 * a.numel() * 2 * 10 / (time.perf_counter() - t) / 1e9
+@dataclass(frozen=True)
+class Options:
+    """Generation throughput options."""
+
+    preset: str = field(default="1b", metadata={"help": "ModelConfig preset for the decode row"})
+    prompt_len: int = field(default=32, metadata={"help": "prompt tokens"})
+    decode_tokens: int = field(default=256, metadata={"help": "new tokens of the decode row"})
+    image_batch: int = field(default=16, metadata={"help": "rows of the batched text-to-image row"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile(mode='reduce-overhead') the decode step"})
+    skip_hf: bool = field(default=False, metadata={"help": "skip the HF comparison and image rows"})
+    workdir: str = field(default="/tmp/fusion_bench_generate", metadata={"help": "scratch folder for the HF model"})
+    device: str = field(default="cuda", metadata={"help": "cuda to time; cpu for a smoke run of the decode row"})
 
 
-def timed(fn) -> float:
-    torch.cuda.synchronize()
+def timed(fn, device: torch.device) -> float:
+    sync(device)
     t = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync(device)
     return time.perf_counter() - t
 
 
@@ -61,7 +63,7 @@ def check_cached_equals_recompute(model, prompt: torch.Tensor, n: int = 8) -> No
             seq = torch.cat([seq, torch.tensor([t], device=seq.device)])
 
 
-def bench_decode(model, vocab, args, roof: float) -> dict:
+def bench_decode(model, vocab, args: Options, roof: float, device: torch.device) -> dict:
     prompt = torch.randint(8200, vocab.size, (args.prompt_len,))
     check_cached_equals_recompute(model, prompt)
     n = args.decode_tokens
@@ -70,7 +72,7 @@ def bench_decode(model, vocab, args, roof: float) -> dict:
                                                                                            device=o.device),
                                                                           float("-inf")))
     generate_ids(model, [prompt], **{**kw, "max_new_tokens": 16})  # warm up / compile
-    dt = timed(lambda: generate_ids(model, [prompt], **kw))
+    dt = timed(lambda: generate_ids(model, [prompt], **kw), device)
     hook.remove()
     cfg = model.cfg
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -83,7 +85,7 @@ def bench_decode(model, vocab, args, roof: float) -> dict:
                 hf="", note=f"{gbs / roof:.1%} of copy roof")
 
 
-def hf_chameleon(cfg: ModelConfig, directory: Path):
+def hf_chameleon(cfg: ModelConfig, directory: Path, device: torch.device):
     """A random HF Chameleon model of ``cfg``'s shapes, saved and converted to a fusion folder."""
     import transformers
 
@@ -99,10 +101,10 @@ def hf_chameleon(cfg: ModelConfig, directory: Path):
     hf = transformers.ChameleonForConditionalGeneration(hf_cfg).eval()
     hf.save_pretrained(directory / "hf")
     ours = convert_hf_chameleon(directory / "hf", directory / "fusion")
-    return hf.to("cuda", torch.bfloat16), Transformer.from_pretrained(ours, device="cuda", dtype=torch.bfloat16)
+    return hf.to(device, torch.bfloat16), Transformer.from_pretrained(ours, device=device, dtype=torch.bfloat16)
 
 
-def bench_image(hf, ours, args) -> list[dict]:
+def bench_image(hf, ours, args: Options, device: torch.device) -> list[dict]:
     """One CFG image (1024 codes) ours vs HF, then batch-16 text-to-image with CFG."""
     import transformers
 
@@ -111,7 +113,7 @@ def bench_image(hf, ours, args) -> list[dict]:
     kw = dict(max_new_tokens=1025, tokens_per_image=1024, mode="image", cfg_scale=3.0, temperature=1.0, top_k=0,
               compile=args.compile)
     generate_ids(ours, [prompt], **kw)  # warm up / compile
-    ours_s = timed(lambda: generate_ids(ours, [prompt], **kw))
+    ours_s = timed(lambda: generate_ids(ours, [prompt], **kw), device)
 
     # HF: cond + uncond rows in one batch, the same guidance formula, image ids only, exactly 1024 + eoi.
     class CFG(transformers.LogitsProcessor):
@@ -125,15 +127,16 @@ def bench_image(hf, ours, args) -> list[dict]:
 
     cond = torch.cat([prompt, torch.tensor([v.boi_id])])
     uncond = torch.cat([torch.full((len(cond) - 2,), v.pad_id), torch.tensor([v.bos_id, v.boi_id])])
-    ids = torch.stack([cond, uncond]).cuda()
-    attn = torch.stack([torch.ones(len(cond)), torch.cat([torch.zeros(len(cond) - 2), torch.ones(2)])]).long().cuda()
+    ids = torch.stack([cond, uncond]).to(device)
+    attn = torch.stack([torch.ones(len(cond)), torch.cat([torch.zeros(len(cond) - 2), torch.ones(2)])])
+    attn = attn.long().to(device)
     hf_len = ids.shape[1]
     # HF forbids image ids in its forward; lift that so it can write an image the same way we do.
     hf_kw = dict(attention_mask=attn, max_new_tokens=1025, min_new_tokens=1025, do_sample=True, top_k=0,
                  logits_processor=[CFG()], pad_token_id=v.pad_id)
     with torch.no_grad(), _hf_allows_image_tokens(hf):
         hf.generate(ids, **{**hf_kw, "max_new_tokens": 16, "min_new_tokens": 16})
-        hf_s = timed(lambda: hf.generate(ids, **hf_kw))
+        hf_s = timed(lambda: hf.generate(ids, **hf_kw), device)
     rows = [dict(bench="1 image, CFG 3", shape=f"1024 codes prompt={args.prompt_len}", ours=f"{ours_s:.2f} s",
                  achieved_GBps="", roof_GBps="", hf=f"{hf_s:.2f} s", note=f"{hf_s / ours_s:.1f}x faster than HF")]
 
@@ -141,7 +144,7 @@ def bench_image(hf, ours, args) -> list[dict]:
     prompts = [torch.cat([torch.tensor([v.bos_id]), torch.randint(8200, v.size, (args.prompt_len - 1 - b % 5,))])
                for b in range(B)]
     generate_ids(ours, prompts[:2], **{**kw, "max_new_tokens": 1025})  # warm up the batch shapes
-    dt = timed(lambda: generate_ids(ours, prompts, **kw))
+    dt = timed(lambda: generate_ids(ours, prompts, **kw), device)
     rows.append(dict(bench=f"text-to-image bs={B}, CFG 3", shape="1024 codes, ragged prompts",
                      ours=f"{B / dt:.3f} images/s", achieved_GBps="", roof_GBps="", hf="",
                      note=f"{B * 1025 / dt:.0f} tok/s"))
@@ -163,35 +166,22 @@ class _hf_allows_image_tokens:
         type(self.mapping).image_tokens = self.saved
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="1b", help="ModelConfig preset for the decode row")
-    ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--decode-tokens", type=int, default=256)
-    ap.add_argument("--image-batch", type=int, default=16)
-    ap.add_argument("--compile", action="store_true", help="torch.compile(mode='reduce-overhead') the decode step")
-    ap.add_argument("--skip-hf", action="store_true", help="skip the HF comparison and image rows")
-    ap.add_argument("--workdir", default="/tmp/fusion_bench_generate")
-    ap.add_argument("--csv", default="benchmarks/generate.csv")
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/generate.py needs a CUDA GPU (no numbers are produced on a CPU)")
+def run(opts: Options) -> list[dict]:
+    """The decode row, then (unless ``skip_hf``) the one-image-vs-HF and batched text-to-image rows."""
+    if not ready("generate", opts.device):
+        return []
+    device = torch.device(opts.device)
     torch.manual_seed(0)
     vocab = Vocab(**CHAMELEON_VOCAB)
-    cfg = ModelConfig.preset(args.preset, vocab)
-    with torch.device("cuda"):
+    cfg = ModelConfig.preset(opts.preset, vocab)
+    with device:
         model = Transformer(cfg).to(torch.bfloat16).eval()
-    roof = copy_bandwidth("cuda")
-    rows = [bench_decode(model, vocab, args, roof)]
+    roof = copy_roof(device) * 1e3 if device.type == "cuda" else float("nan")  # GB/s
+    rows = [bench_decode(model, vocab, opts, roof, device)]
     del model
-    if not args.skip_hf:
-        hf, ours = hf_chameleon(cfg, Path(args.workdir))
-        rows += bench_image(hf, ours, args)
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, compile={args.compile}")
-    print_table(rows)
-    write_csv(rows, Path(args.csv))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    if not opts.skip_hf:
+        hf, ours = hf_chameleon(cfg, Path(opts.workdir), device)
+        rows += bench_image(hf, ours, opts, device)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"# {name}, torch {torch.__version__}, compile={opts.compile}")
+    return rows

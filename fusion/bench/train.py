@@ -3,24 +3,24 @@
 Random tokens packed into documents (so the document-masked attention path runs), a Chameleon-sized
 vocabulary (65,536 ids with 8,192 image codes), bf16 autocast, fused AdamW, clipping: ``Trainer.train_step``
 exactly as ``fusion train`` runs it. Before timing, the first step's loss must be finite and near ln(V), the
-value a freshly initialised model gives on random tokens. Prints a table and appends rows to a CSV.
+value a freshly initialised model gives on random tokens. ``--device cpu`` runs the same step on a CPU
+(a smoke test, not a number).
 
-    python -m benchmarks.train --presets small 1b --seq-len 4096
+    fusion bench train --presets small 1b --seq-len 4096
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import platform
 import time
+from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import write_csv
+from fusion.bench.common import ready, sync
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
 from fusion.train.data import PackedDataset, TokenDocs
@@ -43,10 +43,31 @@ def random_docs(n_tokens: int, vocab: Vocab, seed: int = 0) -> TokenDocs:
     return TokenDocs.from_arrays(docs, vocab.size)
 
 
-def bench(preset: str, args: argparse.Namespace, device: torch.device) -> dict:
+@dataclass(frozen=True)
+class Options:
+    """Training-step throughput options."""
+
+    presets: tuple[str, ...] = field(default=("small", "1b"), metadata={"help": "model presets to measure"})
+    seq_len: int = field(default=4096, metadata={"help": "tokens per sequence"})
+    batch_size: int = field(default=1, metadata={"help": "sequences per micro-step"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-steps per step"})
+    steps: int = field(default=10, metadata={"help": "timed steps"})
+    warmup: int = field(default=3, metadata={"help": "untimed steps first (compile, allocator)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile each block"})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute blocks in the backward"})
+    dtype: str = field(default="bf16", metadata={"help": "training precision", "choices": ["bf16", "fp32", "auto"]})
+    device: str = field(default="cuda", metadata={"help": "cuda to time; cpu for a smoke run"})
+    out: str = field(default="runs/bench-train", metadata={"help": "scratch run folder (nothing is saved)"})
+
+
+def _memory_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 1) if device.type == "cuda" else None
+
+
+def bench(preset: str, args: Options, device: torch.device) -> dict:
     cfg = TrainConfig(steps=args.warmup + args.steps, warmup=1, batch_size=args.batch_size, seq_len=args.seq_len,
                       grad_accum=args.grad_accum, compile=args.compile,
-                      activation_checkpointing=args.activation_checkpointing, progress=False, dtype="bf16")
+                      activation_checkpointing=args.activation_checkpointing, progress=False, dtype=args.dtype)
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset(preset, VOCAB, max_seq_len=args.seq_len))
     n_seq = cfg.steps * cfg.grad_accum * cfg.batch_size
@@ -60,56 +81,39 @@ def bench(preset: str, args: argparse.Namespace, device: torch.device) -> dict:
                            "refusing to time a broken step")
     for _ in range(args.warmup - 1):
         trainer.train_step()
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         trainer.train_step()
-    torch.cuda.synchronize(device)
+    sync(device)
     dt = (time.perf_counter() - t0) / args.steps
     tokens = cfg.grad_accum * cfg.batch_size * cfg.seq_len
     flops = model.flops_per_token(cfg.seq_len) * tokens / dt
     peak = peak_flops(device)
-    return {"date": date.today().isoformat(), "device": torch.cuda.get_device_name(device), "preset": preset,
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"date": date.today().isoformat(), "device": name, "preset": preset,
             "params_M": round(model.num_params() / 1e6, 1), "seq_len": cfg.seq_len, "batch": cfg.batch_size,
             "grad_accum": cfg.grad_accum, "compile": cfg.compile, "act_ckpt": cfg.activation_checkpointing,
             "step_ms": round(dt * 1e3, 1), "tokens_per_s": round(tokens / dt), "TFLOP_s": round(flops / 1e12, 1),
             "peak_TFLOP_s": round(peak / 1e12) if peak else None, "MFU": round(flops / peak, 3) if peak else None,
-            "peak_mem_GiB": round(torch.cuda.max_memory_allocated(device) / 2**30, 1),
+            "peak_mem_GiB": _memory_gib(device),
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["small", "1b"], help="model presets to measure")
-    ap.add_argument("--seq-len", type=int, default=4096)
-    ap.add_argument("--batch-size", type=int, default=1, help="sequences per micro-step")
-    ap.add_argument("--grad-accum", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=10, help="timed steps")
-    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile each block")
-    ap.add_argument("--activation-checkpointing", action="store_true")
-    ap.add_argument("--csv", default="benchmarks/results/train.csv", help="append result rows here")
-    ap.add_argument("--out", default="runs/bench-train", help="scratch run folder (nothing is saved)")
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        ap.error("this benchmark needs a CUDA GPU (the CPU path is tested, not timed)")
-    if args.warmup < 1 or args.steps < 1:
-        ap.error("--warmup and --steps must be >= 1")
-    device = torch.device("cuda", torch.cuda.current_device())
+def run(opts: Options) -> list[dict]:
+    """One row per preset: step time, tokens/s, TFLOP/s and MFU of ``Trainer.train_step``."""
+    if opts.warmup < 1 or opts.steps < 1:
+        raise ValueError("warmup and steps must be >= 1")
+    if not ready("train", opts.device):
+        return []
+    device = torch.device(opts.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     rows = []
-    for preset in args.presets:
-        rows.append(bench(preset, args, device))
-        torch.cuda.empty_cache()
-        r = rows[-1]
-        print(f"{r['preset']:>6}  {r['params_M']:>8.1f}M  seq {r['seq_len']}  x{r['batch']}x{r['grad_accum']}  "
-              f"{r['step_ms']:>8.1f} ms/step  {r['tokens_per_s']:>9} tok/s  {r['TFLOP_s']:>6.1f} TFLOP/s  "
-              f"MFU {r['MFU']}  mem {r['peak_mem_GiB']} GiB")
-    write_csv(rows, Path(args.csv), append=True)
-    print(f"appended {len(rows)} row(s) to {args.csv}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    for preset in opts.presets:
+        rows.append(bench(preset, opts, device))
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows

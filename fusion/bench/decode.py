@@ -2,29 +2,35 @@
 
 One new token per row against a full cache of T keys; decoding is bound by reading K and V, so the
 figure is achieved TB/s = (K + V bytes) / time, printed next to this run's device-copy TB/s.
-Example: ``python -m benchmarks.decode --batches 1 8 32 --seqlens 1024 4096 16384 32768``.
+Example: ``fusion bench decode --batches 1 8 32 --seqlens 1024 4096 16384 32768``.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.common import (
-    DTYPES,
-    add_run_args,
-    copy_roof,
-    env_info,
-    parse_run_args,
-    plot,
-    print_table,
-    timeit,
-    write_csv,
-)
+from fusion.bench.common import DTYPES, RunOptions, copy_roof, env_info, plot, print_table, ready, timeit
+
+
+@dataclass(frozen=True)
+class Options(RunOptions):
+    """Decode attention bandwidth options."""
+
+    iters: int = field(default=50, metadata={"help": "timed calls (the median is reported)"})
+    batches: tuple[int, ...] = field(default=(1, 8, 32), metadata={"help": "batch sizes B"})
+    seqlens: tuple[int, ...] = field(default=(1024, 2048, 4096, 8192, 16384, 32768),
+                                     metadata={"help": "cache lengths T"})
+    heads: int = field(default=32, metadata={"help": "query heads"})
+    head_dim: int = field(default=128, metadata={"help": "head dim D"})
+    gqa: tuple[int, ...] = field(default=(1, 4), metadata={"help": "q heads per kv head"})
+    backends: tuple[str, ...] = field(default=(), metadata={"help": "subset of backends (default: all available)"})
+    plot: bool = field(default=True, metadata={"help": "also write decode.png"})
 
 
 def backends() -> dict[str, Callable]:
@@ -62,43 +68,37 @@ def measure(fn, inputs, ref, nbytes: int, args, device) -> dict:
     return {"ms": ms, "tb_per_s": nbytes / (ms * 1e-3) / 1e12, "status": f"ok (err {err:.2g})"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--seqlens", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384, 32768])
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--gqa", type=int, nargs="+", default=[1, 4], help="q heads per kv head")
-    p.add_argument("--backends", nargs="*")
-    add_run_args(p, tol=2e-2, warmup=5, iters=50)
-    args = parse_run_args(p, argv)
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+def _inputs(opts: Options, gqa: int, B: int, T: int, device, dtype):
+    Hkv, D = opts.heads // gqa, opts.head_dim
+    torch.manual_seed(0)
+    q = torch.randn(B, opts.heads, 1, D, device=device, dtype=dtype)
+    k, v = (torch.randn(B, Hkv, T, D, device=device, dtype=dtype) for _ in range(2))
+    seqlens = torch.full((B,), T, device=device, dtype=torch.int32)
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=gqa > 1)
+    return (q, k, v, seqlens), ref, 2 * k.numel() * k.element_size()
+
+
+def run(opts: Options) -> list[dict]:
+    """One row per (backend, gqa, B, T): ms and achieved TB/s next to this run's device copy."""
+    if not ready("decode", opts.device):
+        return []
+    device, dtype = torch.device(opts.device), DTYPES[opts.dtype]
     info = env_info(device)
     roof = copy_roof(device) if device.type == "cuda" else None
     print(info, f"device copy: {roof and round(roof, 2)} TB/s")
-    table = {k: v for k, v in backends().items() if not args.backends or k in args.backends}
+    table = {k: v for k, v in backends().items() if not opts.backends or k in opts.backends}
     rows = []
-    for gqa in args.gqa:
-        for B in args.batches:
-            for T in args.seqlens:
-                Hkv, D = args.heads // gqa, args.head_dim
-                torch.manual_seed(0)
-                q = torch.randn(B, args.heads, 1, D, device=device, dtype=dtype)
-                k, v = (torch.randn(B, Hkv, T, D, device=device, dtype=dtype) for _ in range(2))
-                seqlens = torch.full((B,), T, device=device, dtype=torch.int32)
-                with sdpa_kernel(SDPBackend.MATH):
-                    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=gqa > 1)
-                nbytes = 2 * k.numel() * k.element_size()
+    for gqa in opts.gqa:
+        for B in opts.batches:
+            for T in opts.seqlens:
+                inputs, ref, nbytes = _inputs(opts, gqa, B, T, device, dtype)
                 for name, fn in table.items():
                     row = {"backend": name, "gqa": gqa, "B": B, "T": T, "ms": None, "tb_per_s": None,
-                           "copy_tb_per_s": roof, **measure(fn, (q, k, v, seqlens), ref, nbytes, args, device)}
+                           "copy_tb_per_s": roof, **measure(fn, inputs, ref, nbytes, opts, device)}
                     rows.append({**row, **info})
                     print_table([{k: row[k] for k in ("backend", "gqa", "B", "T", "ms", "tb_per_s", "status")}])
-    write_csv(rows, args.out / "decode.csv")
-    plot(rows, "T", "tb_per_s", ["backend"], ["gqa", "B"], args.out / "decode.png", roof=roof,
-         roof_label="device copy")
-    print(f"wrote {args.out}/decode.csv and decode.png")
-
-
-if __name__ == "__main__":
-    main()
+    if opts.plot:
+        plot(rows, "T", "tb_per_s", ["backend"], ["gqa", "B"], Path(opts.out) / "decode.png", roof=roof,
+             roof_label="device copy")
+    return rows

@@ -1,14 +1,14 @@
-"""What every benchmark shares: the one attention FLOP formula, timing, hardware roofs, CSV/PNG output."""
+"""What every benchmark suite shares: the one attention FLOP formula, run options, timing, roofs, CSV/PNG output."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,21 +28,30 @@ def use_interpreter_on_cpu(device: str) -> None:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-def add_run_args(p: argparse.ArgumentParser, *, tol: float, warmup: int, iters: int) -> None:
-    """The options every kernel benchmark shares: dtype, correctness tolerance, timing loop, device, output."""
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--tol", type=float, default=tol, help="max abs error vs the reference before timing")
-    p.add_argument("--warmup", type=int, default=warmup)
-    p.add_argument("--iters", type=int, default=iters)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+STATIC_HINT = "`fusion bench static` compiles every kernel for sm_80 / sm_90 without a GPU"
 
 
-def parse_run_args(p: argparse.ArgumentParser, argv) -> argparse.Namespace:
-    """Parse, and pick the Triton interpreter when the chosen device is the CPU."""
-    args = p.parse_args(argv)
-    use_interpreter_on_cpu(args.device)
-    return args
+@dataclass(frozen=True)
+class RunOptions:
+    """The options every kernel timing suite shares."""
+
+    dtype: str = field(default="bf16", metadata={"help": "input dtype", "choices": sorted(DTYPES)})
+    tol: float = field(default=2e-2, metadata={"help": "max abs error vs the reference before timing"})
+    warmup: int = field(default=5, metadata={"help": "untimed calls before timing"})
+    iters: int = field(default=20, metadata={"help": "timed calls (the median is reported)"})
+    device: str = field(default="cuda", metadata={
+        "help": "cuda to time; cpu runs tiny shapes through the Triton interpreter (a smoke test, not a number)"})
+    out: str = field(default="bench_out", metadata={"help": "folder for the CSV / PNG files"})
+
+
+def ready(suite: str, device: str) -> bool:
+    """False (after saying so in one line) when ``device`` is CUDA and there is none; picks the interpreter on CPU."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"fusion bench {suite}: timings need a CUDA GPU and there is none here ({STATIC_HINT}; "
+              f"--device cpu smoke-tests this suite)")
+        return False
+    use_interpreter_on_cpu(device)
+    return True
 
 
 def sync(device: torch.device) -> None:

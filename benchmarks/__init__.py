@@ -1,1 +1,0 @@
-"""GPU throughput benchmarks for fusion's kernels; each module prints a table and writes CSV + PNG."""

@@ -1,0 +1,97 @@
+"""Every ``fusion bench`` suite runs end to end on a CPU with tiny shapes (a smoke test, never a number)."""
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+from fusion.bench import SUITES, attention, decode, ops
+from fusion.cli import bench as cli
+
+
+def _ok(rows, n):
+    assert len(rows) == n and all(r["status"].startswith("ok") for r in rows), rows
+
+
+def test_attention_checks_then_times_ours_on_cpu(tmp_path):
+    opts = attention.Options(device="cpu", dtype="fp32", head_dims=(16,), seqlens=(32,), tokens=64, model_dim=32,
+                             causal="yes", backends=("ours",), warmup=0, iters=1, out=str(tmp_path))
+    rows = attention.run(opts)
+    _ok(rows, 1)
+    assert rows[0]["B"] == 2 and rows[0]["H"] == 2 and rows[0]["fwd_tflops"] > 0 and rows[0]["fwd_bwd_ms"] > 0
+    assert (tmp_path / "attention_fwd.png").exists()
+
+
+def test_decode_checks_then_times_ours_on_cpu(tmp_path):
+    opts = decode.Options(device="cpu", dtype="fp32", batches=(2,), seqlens=(40,), heads=4, head_dim=16, gqa=(2,),
+                          backends=("ours",), warmup=0, iters=1, plot=False, out=str(tmp_path))
+    rows = decode.run(opts)
+    _ok(rows, 1)
+    assert rows[0]["tb_per_s"] > 0
+
+
+def test_ops_checks_every_variant_on_cpu():
+    opts = ops.Options(device="cpu", dtype="fp32", tokens=32, hidden=32, ffn=48, heads=4, head_dim=16, vocab=64,
+                       compile=False, warmup=0, iters=1)
+    rows = ops.run(opts)
+    assert [(r["op"], r["variant"]) for r in rows] == [
+        ("rms_norm", "eager"), ("rms_norm", "ours"), ("rope", "eager"), ("rope", "ours"), ("swiglu", "eager"),
+        ("swiglu", "ours"), ("cross_entropy", "eager"), ("cross_entropy", "chunked"), ("cross_entropy", "ours")]
+    _ok(rows, 9)
+
+
+def test_vq_on_cpu():
+    from fusion.bench import vq
+    rows = vq.run(vq.Options(presets=("tiny",), batch_size=2, dtype="fp32", warmup=0, iters=1, device="cpu"))
+    assert len(rows) == 1 and rows[0]["encode_img_s"] > 0 and rows[0]["tokens"] > 0
+
+
+def test_train_step_on_cpu(tmp_path):
+    from fusion.bench import train
+    opts = train.Options(presets=("tiny",), seq_len=32, steps=1, warmup=1, dtype="fp32", device="cpu",
+                         out=str(tmp_path))
+    rows = train.run(opts)
+    assert len(rows) == 1 and rows[0]["tokens_per_s"] > 0 and rows[0]["MFU"] is None
+
+
+def test_generate_decode_row_on_cpu():
+    from fusion.bench import generate
+    opts = generate.Options(preset="tiny", prompt_len=8, decode_tokens=4, skip_hf=True, device="cpu")
+    rows = generate.run(opts)
+    assert len(rows) == 1 and rows[0]["bench"] == "decode bs=1" and rows[0]["ours"].endswith("tok/s")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_timing_suite_without_cuda_says_so(capsys):
+    assert attention.run(attention.Options()) == []
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "need a CUDA GPU" in out[0] and "fusion bench static" in out[0]
+
+
+def test_bench_help_lists_every_suite_from_any_folder(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-m", "fusion.cli", "bench", "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name in SUITES:
+        assert f"    {name}" in done.stdout
+    assert "compile every Triton kernel" in done.stdout
+
+
+def test_cli_flags_come_from_the_options_dataclass():
+    import argparse
+    sub = argparse.ArgumentParser().add_subparsers()
+    parser = cli.suite_parser(sub, "decode", decode.Options)
+    names = {a.dest for a in parser._actions} - {"help"}
+    assert names == {f.name for f in fields(decode.Options)}
+    args = parser.parse_args(["--batches", "1", "2", "--no-plot", "--dtype", "fp16"])
+    assert args.batches == [1, 2] and args.plot is False and args.dtype == "fp16" and args.iters == 50
+    assert math.isclose(args.tol, 2e-2)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dtype", "int8"])
+    assert set(SUITES) == {"static", "attention", "decode", "ops", "train", "generate", "vq"}
