@@ -22,11 +22,8 @@ import torch
 from fusion.bench.common import copy_roof, ready, sync
 from fusion.inference.generate import generate_ids
 from fusion.model.config import ModelConfig
+from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
-from fusion.vocab import Vocab
-
-CHAMELEON_VOCAB = dict(size=65536, text_start=0, text_count=65536, image_start=4, image_count=8192, pad_id=1,
-                       bos_id=0, eos_id=2, boi_id=8197, eoi_id=8196)
 
 
 @dataclass(frozen=True)
@@ -89,14 +86,13 @@ def hf_chameleon(cfg: ModelConfig, directory: Path, device: torch.device):
     """A random HF Chameleon model of ``cfg``'s shapes, saved and converted to a fusion folder."""
     import transformers
 
-    from fusion.model.convert import convert_hf_chameleon
+    from fusion.model.hf_chameleon import RELEASED, convert_hf_chameleon, vocabulary_map
 
-    vmap = {f"IMGIMG{''.join(chr(65 + int(c)) for c in str(i))}Z": 4 + i for i in range(8192)}
-    vmap.update({"<s>": 0, "<pad>": 1, "</s>": 2, "<racm3:break>": 8197, "<eoss>": 8196})
+    v = cfg.vocab
     hf_cfg = transformers.ChameleonConfig(
-        vocab_size=65536, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers,
+        vocab_size=RELEASED["size"], hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim, num_hidden_layers=cfg.n_layers,
         num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads, max_position_embeddings=4096,
-        vocabulary_map=vmap, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+        vocabulary_map=vocabulary_map(), pad_token_id=v.pad_id, bos_token_id=v.bos_id, eos_token_id=v.eos_id)
     torch.manual_seed(0)
     hf = transformers.ChameleonForConditionalGeneration(hf_cfg).eval()
     hf.save_pretrained(directory / "hf")
@@ -172,7 +168,7 @@ def run(opts: Options) -> list[dict]:
         return []
     device = torch.device(opts.device)
     torch.manual_seed(0)
-    vocab = Vocab(**CHAMELEON_VOCAB)
+    vocab = released_vocab()
     cfg = ModelConfig.preset(opts.preset, vocab)
     with device:
         model = Transformer(cfg).to(torch.bfloat16).eval()

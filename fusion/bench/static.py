@@ -1,4 +1,4 @@
-"""The static kernel report as a suite: ``fusion bench static`` (see ``fusion.kernels.static``).
+"""The static kernel report as a suite: ``fusion bench static`` (see ``fusion.bench.static_report``).
 
 Compile-only figures for sm_80 (A100) and sm_90 (H100), optionally sm_100: never a speed.
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 
-from fusion.kernels.static import report
+from fusion.bench.static_report import report
 
 COLUMNS = ("kernel", "config", "target", "status", "regs", "spill_stack", "spill_local", "smem", "smem_est",
            "blocks_per_sm", "mma", "compile_s", "used_by")

@@ -21,15 +21,18 @@ import numpy as np
 import torch
 
 from fusion.bench.common import ready, sync
+from fusion.data.shards import TokenDocs
 from fusion.model.config import ModelConfig
+from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
-from fusion.train.data import PackedDataset, TokenDocs
+from fusion.train.config import TrainConfig
 from fusion.train.distributed import DistInfo
-from fusion.train.loop import TrainConfig, Trainer
+from fusion.train.loop import Trainer
 from fusion.train.mfu import peak_flops
+from fusion.train.packing import PackedDataset
 from fusion.vocab import Vocab
 
-VOCAB = Vocab.build(65536 - 8192 - 5, 8192)  # Chameleon's total size, in fusion's layout
+VOCAB = released_vocab()  # Chameleon's id layout and size
 
 
 def random_docs(n_tokens: int, vocab: Vocab, seed: int = 0) -> TokenDocs:

@@ -15,7 +15,8 @@ from datetime import date
 import torch
 
 from fusion.bench.common import ready, sync, timeit
-from fusion.tokenizers.image import ImageTokenizer, VQConfig
+from fusion.tokenizers.image import ImageTokenizer
+from fusion.tokenizers.vq_config import VQConfig
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What the Triton ops share: jit constants, interpreter detection, launch checks, one launch record, autotuning.
 
 A host wrapper describes each kernel call as a ``Launch`` (kernel, grid, arguments by name) and runs it; the
-static report (``fusion.kernels.static``) builds the same ``Launch`` from meta tensors and compiles it for a
+static report (``fusion.bench.static_report``) builds the same ``Launch`` from meta tensors and compiles it for a
 GPU target, so the binary it reads back is the one the wrapper would launch.
 """
 

@@ -205,3 +205,8 @@ def convert_hf_chameleon(src_dir: str | os.PathLike, dst_dir: str | os.PathLike)
             _copy(src / name, dst / name)
     write_json(dst / names.MODEL_CONFIG, cfg.to_dict())  # last: a folder with config.json is complete
     return dst
+
+
+def released_vocab() -> Vocab:
+    """The released Chameleon / Anole models' id layout as a ``Vocab`` (for random models of their shape)."""
+    return vocab_from_hf_config({"vocab_size": RELEASED["size"], "vocabulary_map": vocabulary_map()})

@@ -18,9 +18,10 @@ from torch import nn
 from fusion import checkpoint as names
 from fusion.files import load_tensors, read_json, save_tensors, write_json
 from fusion.kernels import dispatch
+from fusion.kernels.doc_runs import run_positions
 from fusion.model.cache import KVCache
 from fusion.model.config import ModelConfig
-from fusion.model.layers import Block, RMSNorm, doc_positions, rope_cos_sin
+from fusion.model.layers import Block, RMSNorm, rope_cos_sin
 from fusion.vocab import IGNORE_INDEX
 
 
@@ -102,7 +103,7 @@ class Transformer(nn.Module):
         elif lengths is not None:
             raise ValueError("lengths only applies together with a KV cache")
         if positions is None:
-            positions = (doc_positions(doc_ids) if doc_ids is not None
+            positions = (run_positions(doc_ids) if doc_ids is not None
                          else torch.arange(T, device=ids.device).expand(B, T))
         x = self.drop(self.embed(ids))
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from fusion.data.shards import TokenDocs
+from fusion.kernels.doc_runs import run_index
 from fusion.vocab import IGNORE_INDEX
 
 PAD_DOC = -1  # doc id of padding positions
@@ -98,10 +99,7 @@ class PackedDataset:
         # a target in another document (or padding) is not predictable from this one
         targets[(docs[:, 1:] != docs[:, :-1]) | (docs[:, 1:] == PAD_DOC)] = IGNORE_INDEX
         # doc ids renumbered per row from 0 so they stay small; equality is all attention needs
-        local = docs[:, :-1]
-        starts = torch.ones_like(local, dtype=torch.bool)
-        starts[:, 1:] = local[:, 1:] != local[:, :-1]
-        return {"ids": tokens[:, :-1].contiguous(), "targets": targets, "doc_ids": starts.long().cumsum(1) - 1}
+        return {"ids": tokens[:, :-1].contiguous(), "targets": targets, "doc_ids": run_index(docs[:, :-1])}
 
     def epoch_batches(self, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over an epoch (for evaluation); does not move the position."""

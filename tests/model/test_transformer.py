@@ -2,8 +2,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fusion.kernels.doc_runs import run_positions
 from fusion.model.config import MODEL_PRESETS, ModelConfig
-from fusion.model.layers import doc_positions
+from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
 from fusion.vocab import Vocab
 
@@ -29,8 +30,7 @@ def test_config_round_trips_through_dict_and_rejects_bad_values():
 
 @pytest.mark.parametrize("name, lo, hi", [("chameleon-7b", 6.9e9, 7.2e9), ("chameleon-34b", 33.5e9, 35e9)])
 def test_chameleon_presets_have_the_published_sizes(name, lo, hi):
-    vocab = Vocab(size=65536, text_start=0, text_count=65536, image_start=4, image_count=8192,
-                  pad_id=1, bos_id=0, eos_id=2, boi_id=8197, eoi_id=8196)
+    vocab = released_vocab()
     with torch.device("meta"):
         model = Transformer(ModelConfig.preset(name, vocab))
     assert lo < model.num_params() < hi
@@ -50,7 +50,7 @@ def test_flops_per_token_is_6n_plus_attention(model):
 
 def test_doc_positions_restart_at_each_boundary():
     doc = torch.tensor([[0, 0, 0, 1, 1, 2], [5, 5, 5, 5, 5, 5]])
-    assert doc_positions(doc).tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]]
+    assert run_positions(doc).tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 5]]
 
 
 def test_packed_documents_equal_separate_runs(model):

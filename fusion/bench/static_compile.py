@@ -21,8 +21,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.autotuner import Autotuner
 
-from fusion.kernels.static import ARCHS, mma_class, occupancy
-from fusion.kernels.static_cases import Spec, launches, specs
+from fusion.bench.static_cases import Spec, launches, specs
+from fusion.bench.static_report import ARCHS, mma_class, occupancy
 from fusion.kernels.triton_utils import fitting
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")

@@ -1,6 +1,6 @@
 """Every Triton kernel compiles for sm_80 and sm_90 in the specialisations dispatch launches, and fits.
 
-The compiles run in clean subprocesses (``fusion.kernels.static``): TRITON_INTERPRET unset, an empty cache.
+The compiles run in clean subprocesses (``fusion.bench.static_report``): TRITON_INTERPRET unset, an empty cache.
 One shape per head dim the presets use in attention (1b: 64, chameleon-7b: 128 with G = 1), packed documents
 (a superset of the unpacked kernel's code), the widest preset for the row-wise ops; ``fusion bench static``
 covers every preset and dtype.
@@ -8,8 +8,8 @@ covers every preset and dtype.
 
 import pytest
 
-from fusion.kernels.static import ARCHS
-from fusion.kernels.static_cases import specs
+from fusion.bench.static_cases import specs
+from fusion.bench.static_report import ARCHS
 
 TARGETS = (80, 90)
 ONLY = [  # (spec filter) groups compiled by the one report below
@@ -25,7 +25,7 @@ KERNELS = {"attention._fwd_kernel", "attention._bwd_dkdv_kernel", "attention._bw
 
 @pytest.fixture(scope="module")
 def rows():
-    from fusion.kernels.static import report
+    from fusion.bench.static_report import report
     out = []
     for only in ONLY:
         assert specs(only=only), only

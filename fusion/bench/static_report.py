@@ -64,9 +64,9 @@ def _clean_env(cache_dir: str) -> dict:
 
 
 def run_worker(entry: str, payload: dict) -> list[dict]:
-    """Run ``fusion.kernels.static_compile.<entry>`` in a clean subprocess: JSON in on stdin, JSON rows out."""
+    """Run ``fusion.bench.static_compile.<entry>`` in a clean subprocess: JSON in on stdin, JSON rows out."""
     with tempfile.TemporaryDirectory(prefix="fusion-triton-cache-") as cache:
-        code = f"import fusion.kernels.static_compile as m; m.{entry}()"
+        code = f"import fusion.bench.static_compile as m; m.{entry}()"
         done = subprocess.run([sys.executable, "-c", code], input=json.dumps(payload), capture_output=True,
                               text=True, env=_clean_env(cache))
     if done.returncode != 0:
@@ -85,7 +85,7 @@ def report(everything: bool = False, targets: tuple[int, ...] = (80, 90), only: 
         procs = []
         for i, shard in enumerate(shards):
             out = os.path.join(tmp, f"rows{i}.json")
-            code = f"import fusion.kernels.static_compile as m; m.compile_jobs({out!r})"
+            code = f"import fusion.bench.static_compile as m; m.compile_jobs({out!r})"
             procs.append(subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True,
                                           stderr=subprocess.PIPE, env=_clean_env(os.path.join(tmp, f"c{i}"))))
             procs[-1].stdin.write(json.dumps(shard))
