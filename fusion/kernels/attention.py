@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusion.kernels import fallback
 from fusion.kernels.doc_runs import run_bounds
 from fusion.kernels.triton_utils import LN2, LOG2E, Launch, autotune, check_launch, dot_precision, pow2, upcast_dots
 
@@ -330,8 +331,10 @@ class FlashAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, doc_ids = ctx.saved_tensors
-        dq, dk, dv = attention_backward(do, q, k, v, o, lse, causal=ctx.causal, doc_ids=doc_ids, scale=ctx.scale)
-        return dq, dk, dv, None, None, None
+        opts = dict(causal=ctx.causal, doc_ids=doc_ids, scale=ctx.scale)
+        run = lambda: attention_backward(do, q, k, v, o, lse, **opts)  # noqa: E731
+        grads = fallback.backward("attention", run, lambda: (q, k, v), ctx.needs_input_grad[:3], (do,), **opts)
+        return *grads, None, None, None
 
 
 def flash_attention(q, k, v, *, causal: bool = True, doc_ids=None, scale: float | None = None) -> torch.Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from fusion.kernels import fallback
 from fusion.vocab import IGNORE_INDEX
 
 
@@ -72,22 +73,31 @@ class LinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_ce, g_lse):
         hidden, weight, targets, lse = ctx.saved_tensors
-        _, grad_fn = _impl(ctx.use_triton)
-        zeros = torch.zeros_like(lse)
-        g_ce = zeros if g_ce is None else g_ce.float()
-        g_lse = zeros if g_lse is None else g_lse.float()
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dh = torch.empty_like(hidden) if need_h else None
-        dw = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_w else None
-        for s in range(0, hidden.shape[0], ctx.chunk):
-            e = s + ctx.chunk
-            h = hidden[s:e]
-            grad = grad_fn(h @ weight.t(), targets[s:e], lse[s:e], g_ce[s:e], g_lse[s:e], ctx.ignore_index)
-            if need_h:
-                dh[s:e] = grad @ weight
-            if need_w:
-                dw += (grad.t() @ h).float()  # one rounding per chunk, fp32 sum across chunks
-        return dh, None if dw is None else dw.to(weight.dtype), None, None, None, None
+        needs = ctx.needs_input_grad[:2]
+        run = lambda: _chunked_backward(ctx, hidden, weight, targets, lse, g_ce, g_lse)  # noqa: E731
+        grads = (fallback.backward("linear_cross_entropy", run, lambda: (hidden, weight), needs, (g_ce, g_lse), targets,
+                                   ignore_index=ctx.ignore_index) if ctx.use_triton else run())
+        return *grads, None, None, None, None
+
+
+def _chunked_backward(ctx, hidden, weight, targets, lse, g_ce, g_lse) -> tuple:
+    """(d hidden, d weight) chunk by chunk, each chunk's logits recomputed and turned into d/dlogits."""
+    _, grad_fn = _impl(ctx.use_triton)
+    zeros = torch.zeros_like(lse)
+    g_ce = zeros if g_ce is None else g_ce.float()
+    g_lse = zeros if g_lse is None else g_lse.float()
+    need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dh = torch.empty_like(hidden) if need_h else None
+    dw = torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if need_w else None
+    for s in range(0, hidden.shape[0], ctx.chunk):
+        e = s + ctx.chunk
+        h = hidden[s:e]
+        grad = grad_fn(h @ weight.t(), targets[s:e], lse[s:e], g_ce[s:e], g_lse[s:e], ctx.ignore_index)
+        if need_h:
+            dh[s:e] = grad @ weight
+        if need_w:
+            dw += (grad.t() @ h).float()  # one rounding per chunk, fp32 sum across chunks
+    return dh, None if dw is None else dw.to(weight.dtype)
 
 
 def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = IGNORE_INDEX, chunk: int | None = None,

@@ -1,8 +1,9 @@
 """A Triton op that cannot compile on this GPU falls back to the default backend, with one warning.
 
 Compile errors and out-of-resource failures (a new GPU, another Triton version) are raised before anything
-runs, so the op can safely run elsewhere. CUDA faults at run time poison the context: those are not caught.
-``FUSION_STRICT_KERNELS=1`` turns the fallback into an error.
+runs, so the op can safely run elsewhere. A forward that fails runs on the fallback; a backward whose kernels
+fail recomputes its gradient through the fallback op (``backward``). CUDA faults at run time poison the context:
+those are not caught. ``FUSION_STRICT_KERNELS=1`` turns the fallback into an error.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+import torch
 
 log = logging.getLogger("fusion.kernels.dispatch")
 failed: dict[str, str] = {}  # op -> the error that sent it to its fallback
+_fallbacks: dict[str, tuple[Callable, str]] = {}  # op -> (the default backend's function, its name)
 
 
 def strict() -> bool:
@@ -27,8 +31,21 @@ def compile_errors() -> tuple[type[BaseException], ...]:
     return CompilationError, OutOfResources, PTXASError
 
 
+def _give_up(op: str, error: BaseException) -> None:
+    """Record that ``op``'s kernels cannot build here and say so once (or re-raise in strict mode)."""
+    if strict():
+        raise error
+    text = str(error).strip()
+    failed[op] = f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
+    name = _fallbacks[op][1]
+    log.warning("fusion.kernels: the triton %s kernel failed to build on this GPU (%s); %s runs on %s from now on. "
+                "Choose it explicitly with FUSION_KERNELS=%s=%s; FUSION_STRICT_KERNELS=1 makes this an error.",
+                op, failed[op], op, name, op, name)
+
+
 def guarded(op: str, kernel_fn: Callable, fallback_fn: Callable, fallback_name: str) -> Callable:
     """``kernel_fn`` until it fails to build, then ``fallback_fn`` for good (one warning names op and error)."""
+    _fallbacks[op] = (fallback_fn, fallback_name)
 
     @functools.wraps(kernel_fn)
     def call(*args, **kwargs):
@@ -37,12 +54,29 @@ def guarded(op: str, kernel_fn: Callable, fallback_fn: Callable, fallback_name: 
         try:
             return kernel_fn(*args, **kwargs)
         except compile_errors() as e:
-            if strict():
-                raise
-            failed[op] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-            log.warning("fusion.kernels: the triton %s kernel failed to build on this GPU (%s); %s runs on %s "
-                        "from now on. Choose it explicitly with FUSION_KERNELS=%s=%s; FUSION_STRICT_KERNELS=1 "
-                        "makes this an error.", op, failed[op], op, fallback_name, op, fallback_name)
+            _give_up(op, e)
             return fallback_fn(*args, **kwargs)
 
     return call
+
+
+def backward(op: str, run: Callable[[], Sequence[torch.Tensor | None]], inputs: Callable[[], Sequence[torch.Tensor]],
+             needs: Sequence[bool], grads: Sequence[torch.Tensor | None], *args, **kwargs) -> list:
+    """``run()`` (the Triton backward: one gradient per input); if its kernels cannot build, the gradients of the
+    fallback op ``fallback(*inputs(), *args, **kwargs)`` for the outputs' ``grads``."""
+    if op not in failed or op not in _fallbacks:
+        try:
+            return list(run())
+        except compile_errors() as e:
+            if op not in _fallbacks:
+                raise
+            _give_up(op, e)
+    leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs(), needs, strict=True)]
+    with torch.enable_grad():
+        out = _fallbacks[op][0](*leaves, *args, **kwargs)
+    outs = out if isinstance(out, tuple) else (out,)
+    pairs = [(o, g.to(o.dtype)) for o, g in zip(outs, grads, strict=True) if g is not None and o.requires_grad]
+    wanted = [leaf for leaf in leaves if leaf.requires_grad]
+    got = iter(torch.autograd.grad([o for o, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True)
+               if pairs and wanted else [None] * len(wanted))
+    return [next(got) if need else None for need in needs]

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusion.kernels import fallback
 from fusion.kernels.triton_utils import Launch, check_launch, interpreting, pow2
 
 
@@ -91,15 +92,21 @@ class RMSNormFunction(torch.autograd.Function):
         launch, y, rstd = forward_launch(x2, w, eps)
         launch.run()
         ctx.save_for_backward(x2, w, rstd)
-        ctx.shape = x.shape
+        ctx.shape, ctx.eps = x.shape, eps
         return y.view(x.shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, w, rstd = ctx.saved_tensors
-        launch, dx, dw_part = backward_launch(dy.reshape(x2.shape).contiguous(), x2, w, rstd, _device_sms(x2.device))
-        launch.run()
-        return dx.view(ctx.shape), dw_part.sum(0).to(w.dtype), None
+        dy = dy.reshape(x2.shape).contiguous()
+
+        def run():
+            launch, dx, dw_part = backward_launch(dy, x2, w, rstd, _device_sms(x2.device))
+            launch.run()
+            return dx, dw_part.sum(0).to(w.dtype)
+
+        dx, dw = fallback.backward("rms_norm", run, lambda: (x2, w), ctx.needs_input_grad[:2], (dy,), ctx.eps)
+        return None if dx is None else dx.view(ctx.shape), dw, None
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusion.kernels import fallback
 from fusion.kernels.triton_utils import Launch, check_launch, pow2
 
 
@@ -82,12 +83,17 @@ class RoPEFunction(torch.autograd.Function):
             raise ValueError(f"head dim must be even for rotate-half RoPE, got {q.shape[-1]}")
         check_launch(q, k, cos, sin)
         ctx.save_for_backward(cos, sin)
+        ctx.shapes = (q.shape, k.shape)
         return _rotate(q, cos, sin, False), _rotate(k, cos, sin, False)
 
     @staticmethod
     def backward(ctx, dq, dk):
         cos, sin = ctx.saved_tensors
-        grads = [None if g is None else _rotate(g, cos, sin, True) for g in (dq, dk)]
+        run = lambda: [None if g is None else _rotate(g, cos, sin, True) for g in (dq, dk)]  # noqa: E731
+        # rope is linear: its gradient does not depend on q and k, so zeros of their shapes stand in for them
+        dtype = (dq if dq is not None else dk).dtype
+        zeros = lambda: [torch.zeros(s, device=cos.device, dtype=dtype) for s in ctx.shapes]  # noqa: E731
+        grads = fallback.backward("rope", run, zeros, ctx.needs_input_grad[:2], (dq, dk), cos, sin)
         return *grads, None, None
 
 

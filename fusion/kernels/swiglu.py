@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fusion.kernels import fallback
 from fusion.kernels.triton_utils import Launch, check_launch
 
 BLOCK = 1024
@@ -63,9 +64,13 @@ class SwiGLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         gate, up = ctx.saved_tensors
-        launch, dg, du = backward_launch(dy.contiguous(), gate, up)
-        launch.run()
-        return dg, du
+
+        def run():
+            launch, dg, du = backward_launch(dy.contiguous(), gate, up)
+            launch.run()
+            return dg, du
+
+        return tuple(fallback.backward("swiglu", run, lambda: (gate, up), ctx.needs_input_grad, (dy,)))
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:

@@ -67,3 +67,42 @@ def test_strict_mode_raises(broken_attention, monkeypatch):
     monkeypatch.setenv("FUSION_STRICT_KERNELS", "1")
     with pytest.raises(CompilationError):
         dispatch.attention(*_inputs(), causal=True)
+
+
+def _broken_rotate(real):
+    """rope's one kernel rotates both ways; break only the backward (transposed) rotation."""
+    def rotate(x, cos, sin, backward):
+        if backward:
+            _FailsToCompile()[(1,)]()
+        return real(x, cos, sin, backward)
+    return rotate
+
+
+@pytest.mark.parametrize("op", ["attention", "rope"])
+def test_a_backward_that_cannot_build_recomputes_its_gradient_on_the_fallback(op, monkeypatch, caplog):
+    from fusion.kernels import rope
+
+    monkeypatch.delenv("FUSION_STRICT_KERNELS", raising=False)
+    monkeypatch.setattr(fallback, "failed", {})
+    if op == "attention":
+        monkeypatch.setattr(attention, "_bwd_dkdv_kernel", _FailsToCompile())
+    else:
+        monkeypatch.setattr(rope, "_rotate", _broken_rotate(rope._rotate))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 16, requires_grad=True) for _ in range(3))
+    cos, sin = torch.randn(16, 16), torch.randn(16, 16)
+    run = {"attention": lambda backend: dispatch._IMPLS["attention"][backend](q, k, v, causal=True, doc_ids=None,
+                                                                              scale=None),
+           "rope": lambda backend: sum(x.sum() * (i + 1) for i, x in
+                                       enumerate(dispatch._IMPLS["rope"][backend](q, k, cos, sin)))}[op]
+    with caplog.at_level(logging.WARNING, logger="fusion.kernels.dispatch"):
+        got = torch.autograd.grad(run("triton").sum(), (q, k) if op == "rope" else (q, k, v))
+        assert op in fallback.failed  # from now on the forward runs on the fallback too
+        again = torch.autograd.grad(run("triton").sum(), (q, k) if op == "rope" else (q, k, v))
+    fallback_name = dispatch._default(op, torch.device("cpu"))
+    want = torch.autograd.grad(run(fallback_name).sum(), (q, k) if op == "rope" else (q, k, v))
+    for a, b, c in zip(got, again, want, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b, c, rtol=0, atol=0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and op in warnings[0].getMessage() and "CompilationError" in warnings[0].getMessage()
