@@ -9,25 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 from fusion.bench import SUITES
-
-
-def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, hint) -> None:
-    """One flag for one dataclass field: bools get --x/--no-x, tuples take several values."""
-    flag = "--" + f.name.replace("_", "-")
-    kw = dict(default=f.default, help=f"{f.metadata.get('help', '')} (default: %(default)s)")
-    if "choices" in f.metadata:
-        kw["choices"] = f.metadata["choices"]
-    if hint is bool:
-        parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-    elif typing.get_origin(hint) is tuple:
-        parser.add_argument(flag, nargs="*", type=typing.get_args(hint)[0], **kw)
-    else:
-        parser.add_argument(flag, type=hint, **kw)
+from fusion.cli.flags import add_config_flags, config_overrides
 
 
 def suite_parser(sub, name: str, options_cls: type) -> argparse.ArgumentParser:
@@ -35,12 +21,8 @@ def suite_parser(sub, name: str, options_cls: type) -> argparse.ArgumentParser:
     module_doc = importlib.import_module(SUITES[name][0]).__doc__ or ""
     parser = sub.add_parser(name, help=SUITES[name][1], description=module_doc,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    hints = typing.get_type_hints(options_cls)
-    names = set()
-    for f in dataclasses.fields(options_cls):
-        _add_field(parser, f, hints[f.name])
-        names.add(f.name)
-    if "out" not in names:
+    add_config_flags(parser, options_cls)
+    if "out" not in {f.name for f in dataclasses.fields(options_cls)}:
         parser.add_argument("--out", default="bench_out", help="folder for SUITE.csv and SUITE.md")
     return parser
 
@@ -68,10 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = importlib.import_module(SUITES[chosen][0])
     suite_parser(sub, chosen, module.Options)
-    args = vars(top.parse_args(argv))
-    args.pop("suite")
-    out = Path(args.pop("out") if "out" not in {f.name for f in dataclasses.fields(module.Options)} else args["out"])
-    options = module.Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()})
+    args = top.parse_args(argv)
+    options = module.Options(**config_overrides(args, module.Options))
+    out = Path(getattr(options, "out", None) or args.out)
     rows = module.run(options)
     if rows:
         print_table(rows)

@@ -27,8 +27,8 @@ def test_defaults_and_overrides():
 def test_cli_flags_are_made_from_the_fields():
     ap = argparse.ArgumentParser()
     add_config_flags(ap, GenerationConfig, choices={"mode": MODES})
-    args = ap.parse_args(["--mode", "image", "--guidance-scale", "3", "--no-do-sample", "--stop-strings", ".",
-                          "--stop-strings", "!", "--top-k", "5", "--image-guidance-scale", "1.2"])
+    args = ap.parse_args(["--mode", "image", "--guidance-scale", "3", "--no-do-sample", "--stop-strings", ".", "!",
+                          "--top-k", "5", "--image-guidance-scale", "1.2"])
     cfg = GenerationConfig(**config_overrides(args, GenerationConfig))
     assert cfg == GenerationConfig(mode="image", guidance_scale=3.0, do_sample=False, stop_strings=(".", "!"),
                                    top_k=5, image_guidance_scale=1.2)
