@@ -1,5 +1,6 @@
 """The benchmark suites behind ``fusion bench``: each module has a frozen ``Options`` dataclass and
-``run(options) -> list[dict]`` (one dict per table row). Timing suites need a CUDA GPU; ``static`` does not."""
+``run(options) -> list[dict]`` (one dict per table row). Timing suites need a CUDA GPU, but ``static`` and
+``cpu`` run anywhere."""
 
 # suite -> (module, one-line description); modules are imported only when their suite runs.
 SUITES: dict[str, tuple[str, str]] = {
@@ -11,4 +12,6 @@ SUITES: dict[str, tuple[str, str]] = {
     "train": ("fusion.bench.train", "training-step tokens/s and MFU for model presets"),
     "generate": ("fusion.bench.generate", "decode tokens/s and GB/s, one CFG image vs HF, batched text-to-image"),
     "vq": ("fusion.bench.vq", "VQ image tokenizer encode / decode images/s"),
+    "cpu": ("fusion.bench.cpu", "CPU: fusion vs HF transformers generation and training tokens/s, next to this "
+                               "machine's read-bandwidth and matmul roofs"),
 }

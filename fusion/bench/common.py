@@ -107,6 +107,13 @@ def copy_roof(device: torch.device, nbytes: int = 2**30) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e12
 
 
+def read_roof(device: torch.device, nbytes: int = 2**30) -> float:
+    """Measured TB/s of a read-only pass (a sum over a large fp32 tensor): what reading weights can reach."""
+    x = torch.ones(nbytes // 4, device=device)
+    ms = timeit(lambda: x.sum(), device, warmup=2, iters=10)
+    return nbytes / (ms * 1e-3) / 1e12
+
+
 def env_info(device: torch.device) -> dict[str, str]:
     """Device and versions to record next to every number."""
     try:

@@ -96,4 +96,22 @@ def test_cli_flags_come_from_the_options_dataclass():
     assert math.isclose(opts.tol, 2e-2)  # untouched flags keep the dataclass defaults
     with pytest.raises(SystemExit):
         parser.parse_args(["--dtype", "int8"])
-    assert set(SUITES) == {"static", "attention", "decode", "ops", "train", "generate", "vq"}
+    assert set(SUITES) == {"static", "attention", "decode", "ops", "train", "generate", "vq", "cpu"}
+
+
+def test_cpu_suite_against_hf_on_a_tiny_model():
+    pytest.importorskip("transformers")
+    from fusion.bench import cpu
+
+    opts = cpu.Options(hidden=64, layers=1, heads=2, text_tokens=256, prompt=8, new_tokens=4, batches=(1, 2),
+                       train_batch=2, train_seq=16, reps=1, compile=False)
+    rows = cpu.run(opts)
+    assert [r["work"] for r in rows] == ["generate bs1", "generate bs2", "train"]
+    for r in rows:
+        assert r["greedy_ids_equal_hf"] and r["hf_tok_s"] > 0 and r["fusion_tok_s"] > 0
+        assert math.isclose(r["fusion_of_roof"], r["fusion_tok_s"] / r["roof_tok_s"])
+    # the decode roof's bytes, counted from the shapes: every matrix once, the lm_head, and (batch 2) two
+    # embedding rows; width 64, ffn int(64 * 2.75) = 176, 2 heads of 32, vocab 8192 + 256
+    model = cpu.build_models(opts, Path(os.environ.get("TMPDIR", "/tmp")) / "fusion-cpu-bench-test")[1]
+    layer = 4 * 64 * 64 + 3 * 64 * 176 + 2 * 64 + 2 * (2 * 2 * 32)  # attention, MLP, two norms, q / k norms
+    assert cpu.step_bytes(model, 2) == 4 * (layer + 64 + 8448 * 64 + 2 * 64)
