@@ -7,11 +7,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
@@ -53,9 +55,16 @@ def read_json(path: str | os.PathLike) -> dict:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors write (contiguous, untied copies) through a temp file."""
+    """safetensors write (contiguous, untied copies) through a temp file; an I/O failure is an ``OSError`` with
+    its errno (safetensors reports it as a SafetensorError whose text ends in ``(os error N)``)."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+        except SafetensorError as e:
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), f"{os.strerror(int(code.group(1)))}: writing {path}") from e
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

@@ -3,6 +3,9 @@
 import hashlib
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,3 +40,21 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
 def test_file_record_is_the_size_and_sha256(tmp_path):
     (tmp_path / "f").write_bytes(b"abc" * 1000)
     assert file_record(tmp_path / "f") == {"bytes": 3000, "sha256": hashlib.sha256(b"abc" * 1000).hexdigest()}
+
+
+def test_a_failed_tensor_write_is_an_oserror_with_its_errno(tmp_path):
+    # a real write failure: a file-size limit makes the kernel refuse the write (EFBIG), inside safetensors
+    script = (f"import errno, resource, signal, torch\n"
+              f"from fusion.files import save_tensors\n"
+              f"signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+              f"try:\n"
+              f"    save_tensors({str(tmp_path / 'w.safetensors')!r}, {{'w': torch.ones(10_000)}})\n"
+              f"except OSError as e:\n"
+              f"    assert e.errno == errno.EFBIG and 'w.safetensors' in str(e), e\n"
+              f"    print('refused')\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "refused", out.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # no temp file left behind
