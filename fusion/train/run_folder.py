@@ -75,8 +75,12 @@ def clean_leftovers(out_dir: Path, info: DistInfo) -> None:
 
 
 def newest_complete(out_dir: str | os.PathLike, info: DistInfo) -> Path | None:
-    """The newest step folder whose files match their manifest (every rank hashes a share); None if none."""
-    for folder in step_folders(out_dir):
+    """The newest step folder whose files match their manifest (every rank hashes a share); None for a new run.
+
+    Step folders none of which is complete raise: starting afresh would prune them, and they may be all there is.
+    """
+    folders = step_folders(out_dir)
+    for folder in folders:
         part = manifest_problems(folder, part=(info.rank, info.world_size))
         problems = sorted({p for rank_part in gather_objects(part) for p in rank_part})
         if not problems:
@@ -84,6 +88,9 @@ def newest_complete(out_dir: str | os.PathLike, info: DistInfo) -> Path | None:
         if info.is_main:
             log.warning("checkpoint %s is incomplete or corrupt, falling back to an older one: %s", folder,
                         "; ".join(problems))
+    if folders:
+        raise FileNotFoundError(f"{out_dir} holds {len(folders)} step folder(s) but no complete checkpoint (see the "
+                                f"warnings above); move them away to start a new run there")
     return None
 
 

@@ -62,6 +62,13 @@ def test_corrupt_checkpoints_torn_metrics_and_leftovers_fall_back_to_the_newest_
     assert losses(run) == [m["loss"] for m in straight]  # the torn line is gone, nothing doubled
     assert all(manifest_problems(p) == [] for p in run.glob("step_*"))  # the bad ones were rewritten
 
+    # nothing complete at all (here: a folder from before manifests): refused, not silently restarted and pruned
+    old = tmp_path / "old"
+    (old / "step_0000002").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="1 step folder.* but no complete checkpoint"):
+        make_trainer(tokenizer, docs, old).fit()
+    assert "manifest.json is missing" in caplog.text
+
 
 def test_a_full_disk_names_the_folder_and_the_bytes_and_keeps_the_previous_checkpoint(tokenizer, docs, tmp_path,
                                                                                        monkeypatch):
