@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from fusion.presets import pick_preset
 from fusion.train.schedule import warmup_cosine
@@ -17,11 +17,13 @@ class TrainConfig:
     """Optimisation and bookkeeping. ``batch_size`` is the GLOBAL number of sequences per micro-step, split
     evenly over the ranks, so a run means the same optimisation on any number of processes."""
 
-    steps: int = 1000
+    steps: int = field(default=1000, metadata={"help": "optimizer steps; raise it on a finished run to extend it "
+                                                       "(the cosine then ends at the new value)"})
     lr: float = 3e-4
     min_lr_ratio: float = 0.1      # cosine decays to lr * min_lr_ratio
     warmup: int = 100
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata={"help": "sequences per micro-step over ALL processes (split "
+                                                         "evenly between them)"})
     seq_len: int = 512
     grad_accum: int = 1
     clip: float = 1.0
@@ -32,7 +34,7 @@ class TrainConfig:
     dtype: str = "auto"            # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     activation_checkpointing: bool = False
-    parallel: str = "fsdp"         # fsdp | ddp, used when world_size > 1
+    parallel: str = field(default="fsdp", metadata={"help": "fsdp (FSDP2) or ddp, under torchrun"})
     max_bad_steps: int = 5         # consecutive non-finite steps before giving up
     eval_every: int = 200
     eval_batches: int = 8
@@ -40,7 +42,8 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 10
     progress: bool = True
-    dist_timeout_s: int = 600      # a collective that waits longer than this fails (a hung or dead rank)
+    dist_timeout_s: int = field(default=600, metadata={"help": "seconds a collective may wait before the run "
+                                                               "fails (a hung or dead rank)"})
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "max_bad_steps", "eval_every", "save_every",
