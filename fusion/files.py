@@ -73,6 +73,8 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 def file_record(path: str | os.PathLike) -> dict:
     """``{"bytes": size, "sha256": hex digest}`` of a file, read in chunks (checkpoint shards can be large)."""
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"bytes": os.path.getsize(path), "sha256": digest}
+        while chunk := f.read(1 << 24):  # hashlib.file_digest is Python 3.11+; the project supports 3.10
+            digest.update(chunk)
+    return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
