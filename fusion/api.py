@@ -13,11 +13,12 @@ from pathlib import Path
 import torch
 from PIL import Image as PILImage
 
+from fusion.checkpoint import resolve_checkpoint
 from fusion.document import Document, Image, Text
 from fusion.inference.config import GenerationConfig
 from fusion.inference.generate import generate_documents, stream_document
-from fusion.model.transformer import Transformer
 from fusion.tokenizers.mixed import MixedTokenizer
+from fusion.train.export import load_decoder
 
 Part = str | PILImage.Image | Text | Image
 Prompt = Document | Part | Sequence[Part]
@@ -52,9 +53,11 @@ class Fusion:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None) -> Fusion:
-        """A checkpoint folder (``fusion.checkpoint`` names its files); device defaults to CUDA when present."""
+        """A checkpoint folder (``fusion.checkpoint`` names its files) or a training run folder (its newest complete
+        checkpoint); device defaults to CUDA when present."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = Transformer.from_pretrained(path, device=device, dtype=dtype)
+        path = resolve_checkpoint(path)
+        model = load_decoder(path, device=device, dtype=dtype)
         return cls(model, MixedTokenizer.from_pretrained(path, model.cfg.vocab, device=device))
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

@@ -1,4 +1,4 @@
-"""The ``fusion`` command: demo | train | train-vq | train-bpe | generate | convert | bench."""
+"""The ``fusion`` command: demo | train | train-vq | train-bpe | generate | export | convert | bench."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ COMMANDS = {
     "train-vq": "train the VQ image tokenizer",
     "train-bpe": "train the sentencepiece BPE text tokenizer",
     "generate": "generate a mixed text+image document from a prompt",
+    "export": "a training run's newest checkpoint as an inference folder (HF sharded safetensors)",
     "convert": "import a local HF Chameleon / Anole checkpoint",
     "bench": "benchmarks: GPU kernel timings, the static sm_80 / sm_90 compile report",
 }

@@ -1,6 +1,8 @@
 """``fusion train``: pretrain the decoder on documents (JSONL / parquet / datasets folders / token shards).
 
 One process: ``fusion train ...``; several: ``torchrun --nproc_per_node N -m fusion.train ...`` (FSDP2 or DDP).
+``--batch-size`` is global (split over the processes). Run the same command again to resume from the newest
+complete checkpoint in ``--out``, on any number of processes; a larger ``--steps`` extends a finished run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fusion train", description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="*", help="document files/folders, or a folder of token shards (shard_NNNNN/)")
     ap.add_argument("--synthetic", type=int, default=0, metavar="N", help="train on N synthetic-world documents")
-    ap.add_argument("--checkpoint", help="start from this checkpoint folder (model + tokenizers)")
+    ap.add_argument("--checkpoint", help="start from this checkpoint folder, or a run folder's newest checkpoint")
     ap.add_argument("--text-model", help="a trained text.model, or its folder (with --vq, for a fresh model)")
     ap.add_argument("--vq", help="a trained VQ folder (vq.safetensors + vq.json)")
     ap.add_argument("--preset", default="tiny", help="model preset for a fresh model and training preset")
@@ -35,18 +37,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if bool(args.data) == bool(args.synthetic):
         ap.error("give data paths or --synthetic N (one of them)")
-    overrides = config_overrides(args, TrainConfig)
-    cfg = TrainConfig.preset(args.preset, **overrides) if args.preset in TRAIN_PRESETS else TrainConfig(**overrides)
+    cfg = TrainConfig.preset(args.preset if args.preset in TRAIN_PRESETS else None,
+                             **config_overrides(args, TrainConfig))
 
     import torch.distributed as dist
 
-    from fusion.train.distributed import init_distributed
+    from fusion.train.distributed import init_distributed, prepare_on_main
     from fusion.train.loop import Trainer
     from fusion.train.packing import PackedDataset
 
-    info = init_distributed()
-    model, tokenizer = _model_and_tokenizer(args)
-    train_docs, eval_docs = _token_docs(args, tokenizer, info).split(args.eval_fraction)
+    model, tokenizer = _model_and_tokenizer(args, cfg.seed)
+    info = init_distributed(timeout_s=cfg.dist_timeout_s)
+    # rank 0 tokenizes while the others wait outside the collective timeout (a large corpus takes hours)
+    prepare_on_main(lambda: _tokenize(args, tokenizer, info.device))
+    train_docs, eval_docs = _token_docs(args, tokenizer).split(args.eval_fraction)
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id,
                   rank=info.rank, world_size=info.world_size)
     train_data = PackedDataset(train_docs, seed=cfg.seed, **common)
@@ -60,15 +64,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _model_and_tokenizer(args):
+def _model_and_tokenizer(args, seed: int):
     """The model and tokenizers to train: a checkpoint's, or a fresh ``--preset`` model over given tokenizers."""
+    import torch
+
+    from fusion.checkpoint import resolve_checkpoint
     from fusion.model.config import ModelConfig
     from fusion.model.transformer import Transformer
     from fusion.tokenizers.mixed import MixedTokenizer
+    from fusion.train.export import load_decoder
 
     if args.checkpoint:
-        model = Transformer.from_pretrained(args.checkpoint)
-        return model, MixedTokenizer.from_pretrained(args.checkpoint, model.cfg.vocab)
+        folder = resolve_checkpoint(args.checkpoint)
+        model = load_decoder(folder).train()
+        return model, MixedTokenizer.from_pretrained(folder, model.cfg.vocab)
     if not (args.text_model and args.vq):
         raise SystemExit("fusion train: give --checkpoint DIR, or --text-model and --vq for a fresh model")
     from fusion.tokenizers.image import ImageTokenizer
@@ -76,15 +85,28 @@ def _model_and_tokenizer(args):
 
     tokenizer = MixedTokenizer(TextTokenizer.from_pretrained(args.text_model),
                                ImageTokenizer.from_pretrained(args.vq))
+    torch.manual_seed(seed)  # every rank draws the same initial weights (FSDP2 shards them as they are)
     return Transformer(ModelConfig.preset(args.preset, tokenizer.vocab)), tokenizer
 
 
-def _token_docs(args, tokenizer, info):
-    """Token documents for the run: existing shards, freshly tokenized files, or the synthetic world."""
+def _tokenize(args, tokenizer, device) -> None:
+    """Tokenize document files into ``--out/tokens/`` shards (finished shards are kept); rank 0 only."""
     import torch
-    import torch.distributed as dist
 
-    from fusion.data.shards import SHARD_GLOB, TokenDocs, tokenize_corpus
+    from fusion.checkpoint import TOKENS
+    from fusion.data.shards import SHARD_GLOB, tokenize_corpus
+
+    if args.synthetic or (len(args.data) == 1 and any(Path(args.data[0]).glob(SHARD_GLOB))):
+        return
+    if torch.cuda.is_available() and isinstance(tokenizer.image, torch.nn.Module):
+        tokenizer.image.to(device)  # batched VQ encoding on the GPU
+    tokenize_corpus(args.data, tokenizer, Path(args.out) / TOKENS)
+
+
+def _token_docs(args, tokenizer):
+    """Token documents for the run: existing shards, the shards ``_tokenize`` wrote, or the synthetic world."""
+    from fusion.checkpoint import TOKENS
+    from fusion.data.shards import SHARD_GLOB, TokenDocs
 
     if args.synthetic:
         from fusion.data.synthetic import SyntheticWorld
@@ -93,11 +115,4 @@ def _token_docs(args, tokenizer, info):
         return TokenDocs.from_arrays(tokenizer.encode_batch(docs), tokenizer.vocab.size)
     if len(args.data) == 1 and any(Path(args.data[0]).glob(SHARD_GLOB)):
         return TokenDocs.from_dir(args.data[0])
-    shards = Path(args.out) / "tokens"
-    if info.is_main:  # one writer; the others wait, then memory-map the finished shards
-        if torch.cuda.is_available() and isinstance(tokenizer.image, torch.nn.Module):
-            tokenizer.image.to(info.device)  # batched VQ encoding on the GPU
-        tokenize_corpus(args.data, tokenizer, shards)
-    if dist.is_initialized():
-        dist.barrier()
-    return TokenDocs.from_dir(shards)
+    return TokenDocs.from_dir(Path(args.out) / TOKENS)

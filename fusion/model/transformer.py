@@ -188,10 +188,11 @@ class Transformer(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None) -> Transformer:
-        """Read a folder written by ``save_pretrained`` (or ``convert``); returned in eval mode."""
+        """Read a folder written by ``save_pretrained``, ``convert`` or ``fusion export`` (weights in one file or in
+        HF's sharded layout with ``model.safetensors.index.json``); returned in eval mode."""
         directory = Path(directory)
         cfg = ModelConfig.from_dict(read_json(directory / names.MODEL_CONFIG))
-        state = load_tensors(directory / names.MODEL_WEIGHTS, device=device or "cpu")
+        state = load_weight_files(directory, device=device or "cpu")
         with torch.device("meta"):  # no allocation or init of weights that are about to be replaced
             model = cls(cfg)
         model.load_weights(state, dtype=dtype)
@@ -217,3 +218,20 @@ class Transformer(nn.Module):
         self.load_state_dict(state, strict=not self.cfg.tie_embeddings, assign=True)
         if self.cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+
+
+def load_weight_files(directory: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """``model.safetensors``, or every file the sharded layout's index names (the index wins when both exist)."""
+    index = directory / names.MODEL_INDEX
+    if not index.is_file():
+        return load_tensors(names.first_present(directory, names.MODEL_WEIGHTS, names.MODEL_INDEX,
+                                                what="decoder weights"), device=device)
+    weight_map = read_json(index)["weight_map"]
+    state = {}
+    for file in sorted(set(weight_map.values())):
+        part = load_tensors(directory / file, device=device)
+        stray = sorted(k for k in part if weight_map.get(k) != file)
+        if stray:
+            raise ValueError(f"{directory / file} holds tensors its index {index} does not place there: {stray[:3]}")
+        state.update(part)
+    return state

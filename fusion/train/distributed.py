@@ -2,7 +2,9 @@
 
 Model code stays pure math (as in torchtitan's ``parallelize.py``): this module finds the transformer blocks
 and wraps them. ``fully_shard`` goes on every block and then on the root, so each block's parameters are
-gathered just before it runs and freed after.
+gathered just before it runs and freed after. ``together`` makes an error on one rank an error on all (no rank
+is left waiting at a collective); ``prepare_on_main`` lets rank 0 work for hours (tokenizing) outside the
+collective timeout.
 """
 
 from __future__ import annotations
@@ -10,13 +12,19 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# How long ranks wait for rank 0 to prepare data; tokenizing a large corpus takes as long as it takes, and
+# torchrun stops the waiting ranks anyway if rank 0 dies.
+PREPARE_TIMEOUT = datetime.timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -35,10 +43,10 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
+def init_distributed(device: str | None = None, timeout_s: float = 600) -> DistInfo:
     """Join the process group torchrun describes (RANK / WORLD_SIZE / LOCAL_RANK); single process otherwise.
 
-    nccl on CUDA, gloo on the CPU.
+    nccl on CUDA, gloo on the CPU; a collective waiting longer than ``timeout_s`` fails.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -47,7 +55,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=10))
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world, local, dev)
 
 
@@ -126,3 +134,50 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def together(fn: Callable[[], T], *, main_only: bool = False) -> T | None:
+    """Run ``fn`` on every rank (or on rank 0 only); when it raised anywhere, every rank raises that error, so
+    no rank is left waiting at the next collective for one that failed. Returns ``fn``'s result (None where
+    it did not run)."""
+    result, error = None, None
+    if not main_only or current_rank() == 0:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            error = e
+    errors = [e for e in gather_objects(error) if e is not None]
+    if errors:
+        raise error if error is not None else errors[0]
+    return result
+
+
+def prepare_on_main(fn: Callable[[], T]) -> None:
+    """Run ``fn`` on rank 0 while the other ranks wait, outside the process group's timeout.
+
+    The wait is a barrier on a separate gloo group with ``PREPARE_TIMEOUT``: rank 0 may tokenize a corpus for
+    hours without tripping the collective timeout that guards training.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        fn()
+        return
+    group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)
+    error = [None]
+    if dist.get_rank() == 0:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - shared with the waiting ranks, then re-raised
+            error[0] = e
+    dist.broadcast_object_list(error, src=0, group=group)
+    dist.destroy_process_group(group)
+    if error[0] is not None:
+        raise error[0]
+
+
+def current_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -1,33 +1,42 @@
 """The pretraining loop: AdamW + warmup/cosine, accumulation, clipping, bf16 autocast, eval, checkpoints, resume.
 
-``Trainer(cfg, model, tokenizer, train_data, eval_data, out_dir).fit()`` resumes from ``out_dir/latest`` when
-one exists and continues the loss curve exactly (model, optimizer, schedule, data position and RNG restored).
+``Trainer(cfg, model, tokenizer, train_data, eval_data, out_dir).fit()`` resumes from the newest complete
+checkpoint in ``out_dir`` and continues the loss curve: model and optimizer come back through DCP, the LR is a
+function of the step, the data position is a global batch index, and every random draw is seeded from the
+step, the micro-batch and the global index of the rank's first sample, never from the rank. So a run resumes
+exactly on the same number of processes and continues the same curve on another (up to float summation order).
 The same code runs one process on a CPU or many under ``torchrun`` (FSDP2 or DDP, see ``distributed.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.api import CheckpointException
 from tqdm import tqdm
 
-from fusion.model.transformer import Transformer
+from fusion.checkpoint import MODEL_CONFIG, TRAINER_STATE, TRAINING_STATE, step_folders, tmp_step_name
+from fusion.files import write_json
 from fusion.train import run_folder
+from fusion.train.checkpointing import (
+    disk_full_error,
+    is_disk_full,
+    load_state,
+    non_finite,
+    save_state,
+    state_bytes,
+    training_state,
+)
 from fusion.train.config import RESUMABLE_CHANGES, TrainConfig, lr_factor
-from fusion.train.distributed import DistInfo, all_reduce_, current_dist, gather_objects, parallelize
+from fusion.train.distributed import DistInfo, all_reduce_, current_dist, gather_objects, parallelize, together
+from fusion.train.export import export_weights
 from fusion.train.metrics_log import MetricsLog
 from fusion.train.mfu import mfu, peak_flops
 from fusion.train.packing import PackedDataset
@@ -38,6 +47,12 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+def micro_seed(seed: int, step: int, micro: int, first_sample: int) -> int:
+    """The torch seed of one micro-batch on one rank (dropout): keyed by the step, the micro-batch and the global
+    index of the rank's first sample, so no draw depends on the rank number or on what ran before."""
+    return int(np.random.SeedSequence([seed, step, micro, first_sample]).generate_state(1)[0])
 
 
 class Trainer:
@@ -54,6 +69,9 @@ class Trainer:
         if train_data.world_size != self.info.world_size or train_data.rank != self.info.rank:
             raise ValueError(f"train data is sharded for rank {train_data.rank} of {train_data.world_size}, "
                              f"this process is rank {self.info.rank} of {self.info.world_size}")
+        if train_data.batch_size != cfg.batch_size:
+            raise ValueError(f"train data packs global batches of {train_data.batch_size} sequences but the config "
+                             f"says batch_size={cfg.batch_size}")
         self.device = self.info.device
         self.model = model.to(self.device)
         self.wrapped = parallelize(self.model, self.info, mode=cfg.parallel, compile=cfg.compile,
@@ -63,7 +81,6 @@ class Trainer:
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # norms and biases
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                            fused=self.device.type == "cuda")
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(cfg, s))
         bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.step, self.bad_steps = 0, 0
@@ -71,13 +88,13 @@ class Trainer:
         self.log = MetricsLog(self.out_dir, enabled=self.info.is_main)
         self.peak = peak_flops(self.device)
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
-        torch.manual_seed(cfg.seed + self.info.rank)  # dropout differs per rank; resume restores it exactly
 
     # ------------------------------------------------------------ training
 
     def fit(self) -> list[dict]:
         """Train to ``cfg.steps`` (resuming first if a checkpoint exists); returns this call's step metrics."""
-        folder = run_folder.latest_checkpoint(self.out_dir)
+        run_folder.clean_leftovers(self.out_dir, self.info)
+        folder = run_folder.newest_complete(self.out_dir, self.info)
         if folder is not None:
             self.resume(folder)
         self.log.truncate(self.step)
@@ -103,14 +120,18 @@ class Trainer:
         """One optimizer step over ``grad_accum`` micro-batches; a non-finite step is skipped, not applied."""
         cfg, t0 = self.cfg, time.perf_counter()
         self.wrapped.train()
-        micro = [{k: v.to(self.device, non_blocking=True) for k, v in next(self.train_data).items()}
-                 for _ in range(cfg.grad_accum)]
+        micro, seeds = [], []
+        for i in range(cfg.grad_accum):
+            b = next(self.train_data)
+            seeds.append(micro_seed(cfg.seed, self.step, i, int(b.pop("sample")[0])))
+            micro.append({k: v.to(self.device, non_blocking=True) for k, v in b.items()})
         # Weight each micro-batch by its share of the global target count, so the step's gradient is the
         # token mean over all ranks and micro-batches (what one big batch gives), whatever the padding.
         counts = torch.stack([(b["targets"] != IGNORE_INDEX).sum() for b in micro]).double()
         total = all_reduce_(counts.sum().clone()).clamp(min=1)
         sums = torch.zeros(7, dtype=torch.float64, device=self.device)
-        for b, n in zip(micro, counts, strict=True):
+        for b, n, seed in zip(micro, counts, seeds, strict=True):
+            torch.manual_seed(seed)
             with self.autocast:
                 out = self.wrapped(b["ids"], b["targets"], b["doc_ids"])
             (out.loss * (n * self.info.world_size / total).float()).backward()
@@ -120,6 +141,9 @@ class Trainer:
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         loss = float(sums[0])
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        lr = cfg.lr * lr_factor(cfg, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         if finite:
             self.optimizer.step()
             self.bad_steps = 0
@@ -128,20 +152,18 @@ class Trainer:
             log.warning("step %d: non-finite loss %s / grad norm %s, update skipped (%d in a row, limit %d)",
                         self.step + 1, loss, grad_norm, self.bad_steps, cfg.max_bad_steps)
         self.optimizer.zero_grad(set_to_none=True)
-        lr = self.scheduler.get_last_lr()[0]
-        self.scheduler.step()
         self.step += 1
         if self.bad_steps >= cfg.max_bad_steps:
             raise TrainingDiverged(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient "
                                    f"(last at step {self.step}); stopping. The last good checkpoint is "
-                                   f"{run_folder.latest_checkpoint(self.out_dir)}")
+                                   f"{self._previous()}")
         dt = time.perf_counter() - t0
-        tokens = cfg.grad_accum * cfg.batch_size * cfg.seq_len * self.info.world_size
+        tokens = cfg.grad_accum * cfg.batch_size * cfg.seq_len  # batch_size is global
         n_text, n_image = float(sums[5]), float(sums[6])
         m = {"step": self.step, "loss": loss, "ce": float(sums[1]), "z_loss": float(sums[2]),
              "ce_text": float(sums[3]) / max(n_text, 1), "ce_image": float(sums[4]) / max(n_image, 1),
              "lr": lr, "grad_norm": grad_norm, "skipped": not finite, "tokens_per_s": tokens / dt}
-        util = mfu(tokens / dt, self.flops_per_token, self.peak)
+        util = mfu(tokens / dt / self.info.world_size, self.flops_per_token, self.peak)  # per rank
         if util is not None:
             m["mfu"] = util
         return m
@@ -156,7 +178,7 @@ class Trainer:
         for i, b in enumerate(self.eval_data.epoch_batches(0)):
             if i == self.cfg.eval_batches:
                 break
-            b = {k: v.to(self.device) for k, v in b.items()}
+            b = {k: v.to(self.device) for k, v in b.items() if k != "sample"}
             with self.autocast:
                 out = self.wrapped(b["ids"], b["targets"], b["doc_ids"])
             n = (b["targets"] != IGNORE_INDEX).sum().double()
@@ -174,73 +196,67 @@ class Trainer:
                             out.ce_image.detach().double() * out.n_image, out.n_text.double(),
                             out.n_image.double()])
 
-    # ------------------------------------------------------------ bookkeeping
+    # ------------------------------------------------------------ checkpoints
 
-    def save(self) -> Path | None:
-        """Write ``out_dir/step_NNNNNNN/`` (rank 0 writes; every rank takes part in gathering)."""
-        model_sd, optim_sd = self._full_state()
-        bad = [k for k, t in model_sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
-        bad = sum(gather_objects(bad), [])  # only rank 0 holds the full state; every rank must stop alike
-        if bad:
+    def _previous(self) -> Path | None:
+        return next(iter(step_folders(self.out_dir)), None)
+
+    def save(self) -> Path:
+        """Write ``out_dir/step_NNNNNNN/`` (a collective: each rank writes its own shards; the last step of the run
+        adds the HF-layout export). A full disk raises ``CheckpointDiskFull``, the older checkpoints intact."""
+        state = training_state(self.model, self.optimizer)
+        bad = sorted({k for part in gather_objects(non_finite(state["model"])) for k in part})
+        if bad:  # every rank sees the same list, so every rank stops alike
             raise TrainingDiverged(f"refusing to save a model with non-finite weights ({bad[:3]}); the last good "
-                                   f"checkpoint is {run_folder.latest_checkpoint(self.out_dir)}")
-        rngs = gather_objects(run_folder.rng_state())
-        folder = None
+                                   f"checkpoint is {self._previous()}")
+        final, previous = self.step == self.cfg.steps, self._previous()
+        tmp = self.out_dir / tmp_step_name(self.step)
+        try:
+            run_folder.begin(self.out_dir, self.step, self.info)
+            save_state(state, tmp / TRAINING_STATE)
+            together(lambda: self._write_run_files(tmp), main_only=True)
+            if final:
+                export_weights(tmp / TRAINING_STATE, tmp, info=self.info)
+            folder = run_folder.seal(self.out_dir, tmp, self.step, self.info, self.cfg.keep_last)
+        except (OSError, CheckpointException) as e:
+            if is_disk_full(e):
+                model_bytes = state_bytes(state["model"]) if final else 0
+                raise disk_full_error(tmp, state_bytes(state) + model_bytes, previous) from None
+            raise
+        finally:
+            run_folder.discard(tmp, self.info)
         if self.info.is_main:
-            state = {"step": self.step, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
-                     "world_size": self.info.world_size, "data": self.train_data.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "rng": rngs,
-                     "metrics": self.history[-1] if self.history else {}}
-            folder = run_folder.save_training_checkpoint(
-                self.out_dir, self.step, write_model=self._model_writer(model_sd), optimizer_state=optim_sd,
-                trainer_state=state, keep_last=self.cfg.keep_last)
             self.log.plot()
-        if dist.is_initialized():
-            dist.barrier()
         return folder
 
-    def _full_state(self) -> tuple[dict, dict]:
-        """Unsharded model and optimizer state (on rank 0's CPU when distributed)."""
-        if not self.info.enabled:
-            return self.model.state_dict(), self.optimizer.state_dict()
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return (get_model_state_dict(self.model, options=opts),
-                get_optimizer_state_dict(self.wrapped, self.optimizer, options=opts))
-
-    def _model_writer(self, model_sd: dict):
-        """A callback writing model + tokenizers into a folder, from the (gathered) state dict."""
-        def write(folder: Path) -> None:
-            model = self.model
-            if self.info.enabled:  # the live model is sharded: save an unsharded CPU twin sharing model_sd
-                with torch.device("meta"):
-                    model = type(self.model)(self.model.cfg)
-                model.load_weights(model_sd)
-            model.save_pretrained(folder)
-            self.tokenizer.save_pretrained(folder)
-
-        return write
+    def _write_run_files(self, folder: Path) -> None:
+        """What rank 0 adds beside the shards: the model config, the tokenizers and the trainer state."""
+        write_json(folder / MODEL_CONFIG, self.model.cfg.to_dict())
+        self.tokenizer.save_pretrained(folder)
+        write_json(folder / TRAINER_STATE, {
+            "step": self.step, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
+            "world_size": self.info.world_size, "data": self.train_data.state_dict(),
+            "metrics": self.history[-1] if self.history else {}})
 
     def resume(self, folder: str | os.PathLike) -> None:
-        """Restore everything from a step folder; refuses when the config differs (naming the fields)."""
+        """Restore model, optimizer and data position from a step folder, on any number of ranks; refuses a
+        changed config (naming the fields) except the ones in ``RESUMABLE_CHANGES``."""
         folder = Path(folder)
         state = run_folder.load_trainer_state(folder)
         diff = run_folder.config_diff(state["config"], self.cfg.to_dict(), ignore=RESUMABLE_CHANGES)
         diff += ["model." + d for d in run_folder.config_diff(state["model_config"], self.model.cfg.to_dict())]
-        if state["world_size"] != self.info.world_size:
-            diff.append(f"world_size: {state['world_size']} -> {self.info.world_size}")
+        if state["step"] > self.cfg.steps:
+            diff.append(f"steps: {self.cfg.steps} is before the checkpoint's step {state['step']}")
         if diff:
             raise ValueError(f"cannot resume from {folder}: the configuration changed: " + "; ".join(diff))
-        weights = Transformer.from_pretrained(folder).state_dict()
-        optim = run_folder.load_optimizer_state(folder)
-        if self.info.enabled:
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.model, weights, options=opts)
-            set_optimizer_state_dict(self.wrapped, self.optimizer, optim, options=opts)
-        else:
-            self.model.load_state_dict(weights)
-            self.optimizer.load_state_dict(optim)
-        self.scheduler.load_state_dict(state["scheduler"])
         self.train_data.load_state_dict(state["data"])
-        run_folder.set_rng_state(state["rng"][self.info.rank])
+        load_state(self.model, self.optimizer, folder / TRAINING_STATE)
         self.step, self.bad_steps = int(state["step"]), 0
-        log.info("resumed from %s at step %d", folder, self.step)
+        saved_steps = state["config"]["steps"]
+        if self.info.is_main and saved_steps != self.cfg.steps:
+            before = self.cfg.lr * lr_factor(dataclasses.replace(self.cfg, steps=saved_steps), self.step)
+            log.warning("the run goes on to %d steps instead of %d: the cosine now ends at step %d, so step %d "
+                        "trains at LR %.3g instead of %.3g", self.cfg.steps, saved_steps, self.cfg.steps,
+                        self.step + 1, self.cfg.lr * lr_factor(self.cfg, self.step), before)
+        log.info("resumed from %s at step %d (saved by %d process(es), now %d)", folder, self.step,
+                 state["world_size"], self.info.world_size)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from fusion.checkpoint import LOSS_PLOT, METRICS
 from fusion.files import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -24,15 +27,30 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict]:
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln] if self.path.is_file() else []
+        """Every readable record; a torn line (a run killed mid-write) is dropped with a warning."""
+        if not self.path.is_file():
+            return []
+        rows = []
+        for i, line in enumerate(self.path.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line) if line else None
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+            elif line:
+                log.warning("%s line %d is not a complete record (torn by a killed run?): dropped: %.80r",
+                            self.path, i, line)
+        return rows
 
     def truncate(self, step: int) -> None:
-        """Drop records past ``step`` (a killed run's tail), so a resumed curve has no duplicates."""
+        """Keep the records up to ``step`` (dropping a killed run's tail and torn lines): a resumed curve has no
+        duplicates."""
         if not (self.enabled and self.path.is_file()):
             return
-        lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+        rows = [r for r in self.records() if r["step"] <= step]
         with atomic_path(self.path) as tmp:
-            tmp.write_text("".join(ln + "\n" for ln in lines))
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def plot(self) -> None:
         """loss.png: training loss per modality, plus held-out CE."""

@@ -1,7 +1,9 @@
-"""Packing: tokenized documents -> shuffled, rank-sharded training sequences of ``seq_len + 1`` tokens."""
+"""Packing: tokenized documents -> shuffled training sequences of ``seq_len + 1`` tokens, global batches split
+over ranks."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 import numpy as np
@@ -15,13 +17,15 @@ PAD_DOC = -1  # doc id of padding positions
 
 
 class PackedDataset:
-    """Documents packed into sequences of ``seq_len + 1`` tokens, shuffled per epoch, sharded by rank.
+    """Documents packed into sequences of ``seq_len + 1`` tokens, shuffled per epoch, in global batches.
 
-    Each epoch shuffles document order with ``seed + epoch``, concatenates, and cuts consecutive chunks, so
+    Each epoch shuffles document order with ``(seed, epoch)``, concatenates, and cuts consecutive chunks, so
     every token appears exactly once per epoch (a long document continues in the next sequence, where its
-    positions restart). Rank r takes global sequences r, r + world_size, ...; a global batch is
-    ``world_size * batch_size`` sequences. ``drop_last`` drops the incomplete final global batch; otherwise
-    it is filled with padding sequences (all targets ignored). Iteration never ends: it runs epoch after epoch.
+    positions restart). Global batch i is sequences ``[i * batch_size, (i + 1) * batch_size)``; rank r takes
+    the r-th of ``world_size`` equal contiguous slices of it. Nothing depends on the world size but the slice,
+    so the position (epoch, batch index) resumes on any number of ranks. ``drop_last`` drops the incomplete
+    final global batch; otherwise it is filled with padding sequences (all targets ignored). Iteration never
+    ends: it runs epoch after epoch.
     """
 
     def __init__(self, docs: TokenDocs, seq_len: int, batch_size: int, *, pad_id: int = 0, seed: int = 0,
@@ -30,18 +34,23 @@ class PackedDataset:
             raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size={batch_size} (sequences per global batch) does not split evenly over "
+                             f"{world_size} processes; use a multiple of {world_size}")
         if len(docs) == 0 or int(docs.lengths.sum()) == 0:
             raise ValueError("no tokens to train on: the corpus is empty")
         self.docs, self.seq_len, self.batch_size = docs, seq_len, batch_size
         self.pad_id, self.seed, self.rank, self.world_size, self.drop_last = pad_id, seed, rank, world_size, drop_last
         total = int(docs.lengths.sum())
+        self.per_rank = batch_size // world_size
         self.num_sequences = -(-total // (seq_len + 1))  # the last one is padded
-        per_global = world_size * batch_size
-        full, rest = divmod(self.num_sequences, per_global)
+        full, rest = divmod(self.num_sequences, batch_size)
         self.batches_per_epoch = full if drop_last else full + (rest > 0)
         if self.batches_per_epoch == 0:
             raise ValueError(f"the corpus makes {self.num_sequences} sequences of {seq_len + 1} tokens, fewer than "
-                             f"one global batch ({per_global}); lower batch_size/seq_len or add data")
+                             f"one global batch ({batch_size}); lower batch_size/seq_len or add data")
+        # the corpus as the position knows it: resuming over other documents would silently train on other data
+        self.fingerprint = hashlib.sha256(np.ascontiguousarray(docs.lengths, dtype=np.int64)).hexdigest()[:16]
         self.epoch, self.index = 0, 0  # the position: next batch is (epoch, index)
         self._order_epoch, self._starts, self._order = -1, None, None
 
@@ -49,15 +58,18 @@ class PackedDataset:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "seq_len": self.seq_len,
-                "batch_size": self.batch_size, "world_size": self.world_size,
-                "num_sequences": self.num_sequences}
+                "batch_size": self.batch_size, "num_sequences": self.num_sequences, "documents": len(self.docs),
+                "fingerprint": self.fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
+        """Take a saved position; refuses one from other data or another batching (naming the fields)."""
         mine = self.state_dict()
-        differ = [k for k in ("seed", "seq_len", "batch_size", "world_size", "num_sequences") if state[k] != mine[k]]
+        differ = [k for k in ("seed", "seq_len", "batch_size", "num_sequences", "documents", "fingerprint")
+                  if state.get(k) != mine[k]]
         if differ:
-            raise ValueError("data position does not fit this dataset: "
-                             + ", ".join(f"{k} saved {state[k]} != now {mine[k]}" for k in differ))
+            raise ValueError("the data position does not fit this dataset (the training data or its batching "
+                             "changed): " + ", ".join(f"data.{k}: saved {state.get(k)!r} != now {mine[k]!r}"
+                                                     for k in differ))
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
     # ------------------------------------------------------------ sequences
@@ -90,16 +102,19 @@ class PackedDataset:
         return tokens, doc_ids
 
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
-        """This rank's share of global batch ``index``: ids, targets, doc_ids, each [batch_size, seq_len]."""
-        first = index * self.world_size * self.batch_size
-        seqs = [self.sequence(epoch, first + b * self.world_size + self.rank) for b in range(self.batch_size)]
+        """This rank's slice of global batch ``index``: ids, targets, doc_ids [per_rank, seq_len] and ``sample``
+        [per_rank], each row's global sequence index in the epoch (what per-sample randomness is keyed by)."""
+        first = index * self.batch_size + self.rank * self.per_rank
+        samples = range(first, first + self.per_rank)
+        seqs = [self.sequence(epoch, i) for i in samples]
         tokens = torch.from_numpy(np.stack([s[0] for s in seqs]))
         docs = torch.from_numpy(np.stack([s[1] for s in seqs]))
         targets = tokens[:, 1:].clone()
         # a target in another document (or padding) is not predictable from this one
         targets[(docs[:, 1:] != docs[:, :-1]) | (docs[:, 1:] == PAD_DOC)] = IGNORE_INDEX
         # doc ids renumbered per row from 0 so they stay small; equality is all attention needs
-        return {"ids": tokens[:, :-1].contiguous(), "targets": targets, "doc_ids": run_index(docs[:, :-1])}
+        return {"ids": tokens[:, :-1].contiguous(), "targets": targets, "doc_ids": run_index(docs[:, :-1]),
+                "sample": torch.tensor(samples, dtype=torch.long)}
 
     def epoch_batches(self, epoch: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over an epoch (for evaluation); does not move the position."""

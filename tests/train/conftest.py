@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fusion.data.shards import TokenDocs
 from fusion.data.synthetic import SyntheticWorld
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
@@ -24,3 +25,18 @@ def make_model(tokenizer: MixedTokenizer, seed: int = 0, **overrides) -> Transfo
                       max_seq_len=256, **overrides)
     torch.manual_seed(seed)
     return Transformer(cfg)
+
+
+def make_tied_model(tokenizer: MixedTokenizer, seed: int = 0, **overrides) -> Transformer:
+    """The ``tiny`` preset as users get it (tied embeddings, GQA), shrunk to dim 64 / 2 layers."""
+    cfg = ModelConfig.preset("tiny", tokenizer.vocab, **{**dict(dim=64, n_layers=2, ffn_dim=128, max_seq_len=256),
+                                                          **overrides})
+    assert cfg.tie_embeddings and cfg.n_kv_heads < cfg.n_heads
+    torch.manual_seed(seed)
+    return Transformer(cfg)
+
+
+@pytest.fixture(scope="session")
+def docs(tokenizer) -> TokenDocs:
+    """60 tokenized synthetic documents."""
+    return TokenDocs.from_arrays(tokenizer.encode_batch(list(SyntheticWorld(seed=1).documents(60))))

@@ -1,6 +1,5 @@
 import json
 import logging
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -68,15 +67,36 @@ def test_shuffle_is_deterministic_per_seed_and_epoch():
 
 
 @pytest.mark.parametrize("world", [2, 3])
-def test_rank_shards_are_disjoint_and_cover_the_global_batch(world):
+def test_ranks_take_contiguous_slices_of_the_global_batch(world):
     td = TokenDocs.from_arrays(unique_docs(LENGTHS))
     whole = PackedDataset(td, seq_len=5, batch_size=2 * world, drop_last=False)
-    ranks = [PackedDataset(td, seq_len=5, batch_size=2, rank=r, world_size=world, drop_last=False)
+    ranks = [PackedDataset(td, seq_len=5, batch_size=2 * world, rank=r, world_size=world, drop_last=False)
              for r in range(world)]
     assert {r.batches_per_epoch for r in ranks} == {whole.batches_per_epoch}
     for i, ref in enumerate(whole.epoch_batches(0)):
-        rows = Counter(tuple(row) for r in ranks for row in r.batch(0, i)["ids"].tolist())
-        assert rows == Counter(tuple(row) for row in ref["ids"].tolist())
+        parts = [r.batch(0, i) for r in ranks]
+        for key in ref:
+            assert torch.equal(torch.cat([p[key] for p in parts]), ref[key])
+    assert ref["sample"].tolist() == list(range(i * 2 * world, (i + 1) * 2 * world))
+
+
+def test_a_position_saved_on_two_ranks_resumes_on_three():
+    td = TokenDocs.from_arrays(unique_docs(LENGTHS * 3))
+    two = [PackedDataset(td, seq_len=5, batch_size=6, seed=2, rank=r, world_size=2) for r in range(2)]
+    for _ in range(two[0].batches_per_epoch + 1):  # into the second epoch
+        for ds in two:
+            next(ds)
+    state = json.loads(json.dumps(two[0].state_dict()))
+    assert state == two[1].state_dict()  # nothing rank-specific is saved
+    want = [torch.cat([next(ds)["ids"] for ds in two]) for _ in range(3)]
+    three = [PackedDataset(td, seq_len=5, batch_size=6, seed=2, rank=r, world_size=3) for r in range(3)]
+    for ds in three:
+        ds.load_state_dict(state)
+    got = [torch.cat([next(ds)["ids"] for ds in three]) for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+    with pytest.raises(ValueError, match="data.fingerprint"):  # same sizes, other documents: refused
+        PackedDataset(TokenDocs.from_arrays(unique_docs(LENGTHS * 3)[::-1]), seq_len=5, batch_size=6,
+                      seed=2).load_state_dict(state)
 
 
 def test_state_dict_resumes_exactly_across_epochs():
@@ -100,7 +120,9 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="fewer than one global batch"):
         PackedDataset(td, seq_len=7, batch_size=100)
     with pytest.raises(ValueError, match="rank"):
-        PackedDataset(td, seq_len=7, batch_size=1, rank=2, world_size=2)
+        PackedDataset(td, seq_len=7, batch_size=2, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="batch_size=8 .* does not split evenly over 3 processes"):
+        PackedDataset(td, seq_len=7, batch_size=8, rank=0, world_size=3)
     with pytest.raises(ValueError, match="empty"):
         PackedDataset(TokenDocs.from_arrays([]), seq_len=7, batch_size=1)
 

@@ -1,4 +1,3 @@
-import errno
 import json
 import math
 
@@ -6,30 +5,24 @@ import pytest
 import torch
 
 from fusion.api import Fusion
-from fusion.data.shards import TokenDocs
-from fusion.data.synthetic import SyntheticWorld
+from fusion.checkpoint import resolve_checkpoint
 from fusion.model.transformer import Transformer
 from fusion.train.config import TrainConfig, lr_factor
 from fusion.train.loop import Trainer, TrainingDiverged
 from fusion.train.mfu import mfu, peak_flops
 from fusion.train.packing import PackedDataset
-from fusion.train.run_folder import latest_checkpoint
 
-from .conftest import make_model
-
-
-@pytest.fixture(scope="module")
-def docs(tokenizer) -> TokenDocs:
-    return TokenDocs.from_arrays(tokenizer.encode_batch(list(SyntheticWorld(seed=1).documents(60))))
+from .conftest import make_model, make_tied_model
 
 
-def make_trainer(tokenizer, docs, out, *, model_seed=0, dropout=0.1, **overrides) -> Trainer:
+def make_trainer(tokenizer, docs, out, *, model_seed=0, dropout=0.1, tied=False, train_docs=None,
+                 **overrides) -> Trainer:
     cfg = TrainConfig(**{**dict(steps=8, lr=3e-3, warmup=2, batch_size=2, seq_len=48, grad_accum=2, save_every=4,
                                 eval_every=4, eval_batches=2, keep_last=2, progress=False), **overrides})
-    train_docs, eval_docs = docs.split(0.2)
+    split_train, eval_docs = docs.split(0.2)
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id, seed=cfg.seed)
-    model = make_model(tokenizer, seed=model_seed, dropout=dropout)
-    return Trainer(cfg, model, tokenizer, PackedDataset(train_docs, **common),
+    model = (make_tied_model if tied else make_model)(tokenizer, seed=model_seed, dropout=dropout)
+    return Trainer(cfg, model, tokenizer, PackedDataset(train_docs or split_train, **common),
                    PackedDataset(eval_docs, drop_last=False, **common), out)
 
 
@@ -63,9 +56,8 @@ def test_short_run_learns_and_writes_a_loadable_checkpoint(tokenizer, docs, tmp_
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_0000020", "step_0000040"]
 
-    folder = latest_checkpoint(tmp_path)
-    assert folder.name == "step_0000040"
-    loaded = Fusion.from_pretrained(folder, device="cpu")
+    assert resolve_checkpoint(tmp_path).name == "step_0000040"
+    loaded = Fusion.from_pretrained(tmp_path, device="cpu")  # the run folder: its newest complete checkpoint
     model, tok = loaded.model, loaded.tokenizer
     ids = torch.tensor([docs[0][:32].tolist()])
     with torch.no_grad():
@@ -112,6 +104,53 @@ def test_resume_refuses_a_changed_config_naming_the_fields(tokenizer, docs, tmp_
     assert "lr: 0.003 -> 0.001" in msg and "weight_decay" in msg and "model.dropout" in msg
     assert "eval_every" not in msg
 
+    other = make_trainer(tokenizer, docs, tmp_path, steps=4, train_docs=docs.split(0.5)[0])
+    with pytest.raises(ValueError, match="data.num_sequences: saved"):  # another corpus: the position is meaningless
+        other.fit()
+
+
+def expected_lr(lr, step, warmup, total, floor):
+    """The documented schedule, written out: linear warmup, then cosine to lr * floor at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / (total - warmup))
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def test_a_finished_run_extends_with_a_larger_steps_and_the_stretched_cosine(tokenizer, docs, tmp_path, caplog):
+    short = make_trainer(tokenizer, docs, tmp_path, steps=4, grad_accum=1, dropout=0.0, tied=True).fit()
+    assert [m["lr"] for m in short] == pytest.approx([expected_lr(3e-3, s, 2, 4, 0.1) for s in range(4)])
+    batch = {k: v for k, v in PackedDataset(docs.split(0.2)[0], seq_len=48, batch_size=2).batch(0, 4).items()
+             if k != "sample"}  # the 5th global batch
+    with torch.no_grad():
+        want = Fusion.from_pretrained(tmp_path, device="cpu").model.loss(batch["ids"], batch["targets"],
+                                                                          doc_ids=batch["doc_ids"]).loss
+    assert make_trainer(tokenizer, docs, tmp_path, steps=4, grad_accum=1, dropout=0.0, tied=True).fit() == []
+
+    with caplog.at_level("WARNING"):
+        longer = make_trainer(tokenizer, docs, tmp_path, steps=8, grad_accum=1, dropout=0.0, tied=True,
+                              model_seed=7).fit()
+    assert [m["step"] for m in longer] == [5, 6, 7, 8]
+    assert "the cosine now ends at step 8" in caplog.text
+    assert [m["lr"] for m in longer] == pytest.approx([expected_lr(3e-3, s, 2, 8, 0.1) for s in range(4, 8)])
+    assert longer[0]["loss"] == pytest.approx(float(want), abs=1e-6)  # went on from the step-4 weights
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()] == list(
+        range(1, 9))
+    with pytest.raises(ValueError, match="steps: 6 is before the checkpoint's step 8"):
+        make_trainer(tokenizer, docs, tmp_path, steps=6, grad_accum=1, dropout=0.0, tied=True).fit()
+
+
+def test_warmup_longer_than_the_run_is_refused_or_clamped_from_a_preset(caplog):
+    with pytest.raises(ValueError, match="warmup=20 must be smaller than steps=10"):
+        TrainConfig(steps=10, warmup=20)
+    with caplog.at_level("WARNING"):
+        cfg = TrainConfig.preset("tiny", steps=10)
+    assert cfg.warmup == 1 and "warmup 20" in caplog.text
+    assert TrainConfig.preset("tiny", steps=1000).warmup == 20  # long enough: the preset's value stands
+    assert TrainConfig.preset(None, steps=50).warmup == 5  # the field default (100) is clamped alike
+    with pytest.raises(ValueError, match="warmup=10 must be smaller"):
+        TrainConfig.preset("tiny", steps=10, warmup=10)  # given explicitly: never changed
+
 
 def nan_on(trainer, bad_steps):
     """Make the model's loss NaN during the given (1-based) steps."""
@@ -144,8 +183,9 @@ def test_consecutive_nan_steps_stop_training_and_keep_the_last_good_checkpoint(t
     with pytest.raises(TrainingDiverged, match="3 consecutive steps"):
         tr.fit()
     assert tr.step == 7
-    folder = latest_checkpoint(tmp_path)
-    saved = Transformer.from_pretrained(folder).state_dict()
+    folder = resolve_checkpoint(tmp_path)
+    assert folder.name == "step_0000006"
+    saved = Fusion.from_pretrained(tmp_path, device="cpu").model.state_dict()  # from the training checkpoint
     assert all(torch.isfinite(t).all() for t in saved.values())
     assert all(torch.equal(saved[k], v) for k, v in weights(tr).items())  # skipped steps changed nothing
 
@@ -153,28 +193,7 @@ def test_consecutive_nan_steps_stop_training_and_keep_the_last_good_checkpoint(t
         tr.model.embed.weight[0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="non-finite weights"):
         tr.save()
-    assert latest_checkpoint(tmp_path) == folder
-
-
-def test_disk_full_during_a_save_leaves_the_previous_checkpoint_intact(tokenizer, docs, tmp_path, monkeypatch):
-    tr = make_trainer(tokenizer, docs, tmp_path)
-    tr.train_step(), tr.train_step()
-    tr.save()
-    tr.train_step()
-
-    def disk_full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)  # optimizer.pt, after the model files were written
-    with pytest.raises(OSError, match="No space left"):
-        tr.save()
-    monkeypatch.undo()
-    assert latest_checkpoint(tmp_path).name == "step_0000002"
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".step", "step"))) == ["step_0000002"]
-    Transformer.from_pretrained(tmp_path / "step_0000002")
-    again = make_trainer(tokenizer, docs, tmp_path)
-    again.resume(latest_checkpoint(tmp_path))
-    assert again.step == 2
+    assert resolve_checkpoint(tmp_path) == folder
 
 
 def test_activation_checkpointing_changes_memory_not_maths(tokenizer, docs, tmp_path):
