@@ -19,6 +19,7 @@ from datetime import date
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from fusion.bench.common import ready, sync
 from fusion.data.shards import TokenDocs
@@ -26,7 +27,7 @@ from fusion.model.config import ModelConfig
 from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
 from fusion.train.config import TrainConfig
-from fusion.train.distributed import DistInfo
+from fusion.train.distributed import DistInfo, init_distributed
 from fusion.train.loop import Trainer
 from fusion.train.mfu import peak_flops
 from fusion.train.packing import PackedDataset
@@ -52,7 +53,7 @@ class Options:
 
     presets: tuple[str, ...] = field(default=("small", "1b"), metadata={"help": "model presets to measure"})
     seq_len: int = field(default=4096, metadata={"help": "tokens per sequence"})
-    batch_size: int = field(default=1, metadata={"help": "sequences per micro-step"})
+    batch_size: int = field(default=1, metadata={"help": "sequences per rank per micro-step"})
     grad_accum: int = field(default=1, metadata={"help": "micro-steps per step"})
     steps: int = field(default=10, metadata={"help": "timed steps"})
     warmup: int = field(default=3, metadata={"help": "untimed steps first (compile, allocator)"})
@@ -67,16 +68,19 @@ def _memory_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 1) if device.type == "cuda" else None
 
 
-def bench(preset: str, args: Options, device: torch.device) -> dict:
-    cfg = TrainConfig(steps=args.warmup + args.steps, warmup=1, batch_size=args.batch_size, seq_len=args.seq_len,
+def bench(preset: str, args: Options, info: DistInfo) -> dict:
+    """Time ``Trainer.train_step`` for one preset; under torchrun every rank trains its share (FSDP2)."""
+    device = info.device
+    cfg = TrainConfig(steps=args.warmup + args.steps, warmup=1, batch_size=args.batch_size * info.world_size,
+                      seq_len=args.seq_len,
                       grad_accum=args.grad_accum, compile=args.compile,
                       activation_checkpointing=args.activation_checkpointing, progress=False, dtype=args.dtype)
     torch.manual_seed(0)
     model = Transformer(ModelConfig.preset(preset, VOCAB, max_seq_len=args.seq_len))
     n_seq = cfg.steps * cfg.grad_accum * cfg.batch_size
     data = PackedDataset(random_docs(n_seq * (cfg.seq_len + 1), VOCAB), cfg.seq_len, cfg.batch_size,
-                         pad_id=VOCAB.pad_id)
-    trainer = Trainer(cfg, model, None, data, None, args.out, info=DistInfo(device=device))
+                         pad_id=VOCAB.pad_id, rank=info.rank, world_size=info.world_size)
+    trainer = Trainer(cfg, model, None, data, None, args.out, info=info)
     first = trainer.train_step()
     expected = math.log(VOCAB.size)
     if not abs(first["loss"] - expected) < 0.5:
@@ -92,31 +96,37 @@ def bench(preset: str, args: Options, device: torch.device) -> dict:
         trainer.train_step()
     sync(device)
     dt = (time.perf_counter() - t0) / args.steps
-    tokens = cfg.grad_accum * cfg.batch_size * cfg.seq_len
+    tokens = cfg.grad_accum * cfg.batch_size * cfg.seq_len / info.world_size  # per rank
     flops = model.flops_per_token(cfg.seq_len) * tokens / dt
     peak = peak_flops(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {"date": date.today().isoformat(), "device": name, "preset": preset,
-            "params_M": round(model.num_params() / 1e6, 1), "seq_len": cfg.seq_len, "batch": cfg.batch_size,
+    return {"date": date.today().isoformat(), "device": name, "preset": preset, "ranks": info.world_size,
+            "parallel": cfg.parallel if info.world_size > 1 else "none",
+            "params_M": round(model.num_params() / 1e6, 1), "seq_len": cfg.seq_len, "global_batch": cfg.batch_size,
             "grad_accum": cfg.grad_accum, "compile": cfg.compile, "act_ckpt": cfg.activation_checkpointing,
-            "step_ms": round(dt * 1e3, 1), "tokens_per_s": round(tokens / dt), "TFLOP_s": round(flops / 1e12, 1),
+            "step_ms": round(dt * 1e3, 1), "tokens_per_s": round(tokens * info.world_size / dt),
+            "tokens_per_s_per_rank": round(tokens / dt), "TFLOP_s_per_rank": round(flops / 1e12, 1),
             "peak_TFLOP_s": round(peak / 1e12) if peak else None, "MFU": round(flops / peak, 3) if peak else None,
             "peak_mem_GiB": _memory_gib(device),
             "torch": torch.__version__, "python": platform.python_version()}
 
 
 def run(opts: Options) -> list[dict]:
-    """One row per preset: step time, tokens/s, TFLOP/s and MFU of ``Trainer.train_step``."""
+    """One row per preset: step time, tokens/s (all ranks and per rank), TFLOP/s and MFU per rank.
+
+    ``torchrun --nproc_per_node N -m fusion.cli bench train`` measures FSDP2 over N GPUs (gloo on a CPU);
+    rank 0 reports.
+    """
     if opts.warmup < 1 or opts.steps < 1:
         raise ValueError("warmup and steps must be >= 1")
     if not ready("train", opts.device):
         return []
-    device = torch.device(opts.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    info = init_distributed(opts.device)
     rows = []
     for preset in opts.presets:
-        rows.append(bench(preset, opts, device))
-        if device.type == "cuda":
+        rows.append(bench(preset, opts, info))
+        if info.device.type == "cuda":
             torch.cuda.empty_cache()
-    return rows
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return rows if info.is_main else []
