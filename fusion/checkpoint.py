@@ -1,11 +1,13 @@
-"""The files fusion reads and writes, named in one place: a checkpoint folder and a training run folder.
+"""The files fusion reads and writes, named in one place: a checkpoint folder, a training run folder, and the
+released folders ``fusion convert`` reads.
 
 A checkpoint folder (``Fusion.save_pretrained``; also what ``fusion convert`` writes) holds the decoder
 (``config.json``, ``model.safetensors``), the text tokenizer (``text.model``, or HF's ``tokenizer.json`` in a
-converted folder) and the image tokenizer (``vq.json`` + ``vq.safetensors``, or HF Chameleon's encoder-only VQ
-as ``hf_vq_config.json`` + ``hf_vqmodel.safetensors``). A training run folder holds ``metrics.jsonl``,
-``loss.png``, the ``latest`` pointer and ``step_NNNNNNN/`` checkpoint folders that add ``optimizer.pt`` and
-``trainer_state.json``. Every file is written atomically (``fusion.files``).
+converted folder), the image tokenizer (``vq.json`` + ``vq.safetensors``, or HF Chameleon's encoder-only VQ as
+``hf_vq_config.json`` + ``hf_vqmodel.safetensors``) and the sampling defaults (``generation_config.json``). A
+training run folder holds ``metrics.jsonl``, ``loss.png``, the ``latest`` pointer and ``step_NNNNNNN/``
+checkpoint folders that add ``optimizer.pt`` and ``trainer_state.json``. Every file is written atomically
+(``fusion.files``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,16 @@ VQ_CONFIG = "vq.json"
 VQ_WEIGHTS = "vq.safetensors"
 HF_VQ_CONFIG = "hf_vq_config.json"
 HF_VQ_WEIGHTS = "hf_vqmodel.safetensors"
+GENERATION_CONFIG = "generation_config.json"
+
+# source folders fusion convert reads: HF transformers' layout, Meta's original release
+HF_MODEL_CONFIG = "config.json"
+META_PARAMS = "params.json"
+META_WEIGHTS_GLOB = "consolidated*.pth"
+META_TOKENIZER_DIR = "tokenizer"
+META_TEXT_TOKENIZER = "text_tokenizer.json"
+META_VQGAN = "vqgan.ckpt"
+META_VQGAN_CONFIG = "vqgan.yaml"
 
 # training run folder
 METRICS = "metrics.jsonl"
