@@ -99,7 +99,8 @@ def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOption
            noise: torch.Tensor) -> torch.Tensor:
     """Guide, mask, filter and sample one token per row from [G*B, V] logits; advance the state in place."""
     live = ~state.done
-    broken = ~torch.isfinite(logits).all(-1).view(opts.groups, -1).all(0) & live
+    lo, hi = torch.aminmax(logits, dim=-1)  # NaN propagates, inf shows at an end: ~10x cheaper than isfinite
+    broken = ~(lo.isfinite() & hi.isfinite()).view(opts.groups, -1).all(0) & live
     state.nonfinite.logical_or_(broken)
     mixed = sampling.process(guide(logits, state, opts), allowed=allowed_ids(state, masks, opts.n_codes),
                              seen=state.seen, repetition_penalty=opts.repetition_penalty, top_k=opts.top_k,
