@@ -216,7 +216,10 @@ class ImageTokenizer(nn.Module):
     def _load_taming_named(cls, cfg: VQConfig, state: dict[str, torch.Tensor]) -> ImageTokenizer:
         model = cls(cfg)
         ours = from_taming_state(state)
-        missing, unexpected = model.load_state_dict(ours, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(ours, strict=False)
+        except RuntimeError as e:  # shapes that disagree with the config
+            raise ValueError(f"checkpoint does not match its config: {e}") from None
         missing = [k for k in missing if not k.startswith("quantize._codebook.")]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not match its config: missing {missing}, unexpected {unexpected}")
