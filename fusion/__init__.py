@@ -2,7 +2,7 @@
 
     import fusion
     model = fusion.load("demo_out/checkpoint")
-    doc = model.generate(["a large red circle:"], mode="image")
+    doc = model.generate("a large red circle:", mode="image")    # a list of prompts gives a list
     doc.to_html("out.html")
 
 Names are imported on first use, so ``import fusion`` (and ``fusion --help``) does not load torch.
@@ -32,8 +32,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'fusion' has no attribute {name!r}")
 
 
-def load(path, *, device=None, dtype=None):
-    """Load a checkpoint folder (trained or converted) as a ready-to-generate ``fusion.Fusion``."""
+def load(path, *, device=None, dtype=None, **kwargs):
+    """Load a checkpoint folder (trained or converted) as a ready-to-generate ``fusion.Fusion``
+    (``Fusion.from_pretrained``; e.g. ``check_finite=False``)."""
     from fusion.api import Fusion
 
-    return Fusion.from_pretrained(path, device=device, dtype=dtype)
+    return Fusion.from_pretrained(path, device=device, dtype=dtype, **kwargs)

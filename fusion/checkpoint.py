@@ -3,15 +3,15 @@
 A checkpoint folder (``Fusion.save_pretrained``; also what ``fusion convert`` and ``fusion export`` write) holds
 the decoder (``config.json`` with ``model.safetensors``, or HF's sharded ``model-0000i-of-0000N.safetensors`` +
 ``model.safetensors.index.json``), the text tokenizer (``text.model``, or HF's ``tokenizer.json`` in a converted
-folder) and the image tokenizer (``vq.json`` + ``vq.safetensors``, or HF Chameleon's encoder-only VQ as
-``hf_vq_config.json`` + ``hf_vqmodel.safetensors``).
+folder), the image tokenizer (``vq.json`` + ``vq.safetensors``, or HF Chameleon's encoder-only VQ as
+``hf_vq_config.json`` + ``hf_vqmodel.safetensors``) and the sampling defaults (``generation_config.json``).
 
 A training run folder holds ``metrics.jsonl``, ``loss.png`` and ``step_NNNNNNN/`` checkpoints. Each step folder
 holds ``config.json``, the tokenizers, ``trainer_state.json``, the model and optimizer state as a
 ``torch.distributed.checkpoint`` folder ``dcp/`` (one file per rank), the export for inference after the run's
 last step, and ``manifest.json`` (size and sha256 of every other file). A step folder is built as
 ``.step_NNNNNNN.tmp`` and appears by one rename; the newest step folder whose manifest checks out is the run's
-checkpoint.
+checkpoint. The names of the released folders ``fusion convert`` reads are here too.
 """
 
 from __future__ import annotations
@@ -34,6 +34,16 @@ VQ_CONFIG = "vq.json"
 VQ_WEIGHTS = "vq.safetensors"
 HF_VQ_CONFIG = "hf_vq_config.json"
 HF_VQ_WEIGHTS = "hf_vqmodel.safetensors"
+GENERATION_CONFIG = "generation_config.json"
+
+# source folders fusion convert reads: HF transformers' layout, Meta's original release
+HF_MODEL_CONFIG = "config.json"
+META_PARAMS = "params.json"
+META_WEIGHTS_GLOB = "consolidated*.pth"
+META_TOKENIZER_DIR = "tokenizer"
+META_TEXT_TOKENIZER = "text_tokenizer.json"
+META_VQGAN = "vqgan.ckpt"
+META_VQGAN_CONFIG = "vqgan.yaml"
 
 # training run folder
 METRICS = "metrics.jsonl"

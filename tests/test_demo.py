@@ -23,7 +23,8 @@ def test_quick_demo_writes_page_report_and_a_loadable_checkpoint(tmp_path, capsy
     assert page.count("<img") == 2 * n and page.count("caption -&gt; image") == n
 
     model = fusion.load(tmp_path / "checkpoint", device="cpu")
-    doc = model.generate(["a large red circle:"], mode="image", seed=0)
+    doc = model.generate("a large red circle:", mode="image", seed=0)  # one prompt -> one Document
+    assert model.generate(["a large red circle:"], mode="image", seed=0) == [doc]  # a list is a batch
     assert len(doc.images) == 1 and doc.images[0].size == (32, 32)
 
 

@@ -16,7 +16,7 @@ COMMANDS = {
     "train-bpe": "train the sentencepiece BPE text tokenizer",
     "generate": "generate a mixed text+image document from a prompt",
     "export": "a training run's newest checkpoint as an inference folder (HF sharded safetensors)",
-    "convert": "import a local HF Chameleon / Anole checkpoint",
+    "convert": "import a local Chameleon / Anole checkpoint (HF or Meta layout), or attach a VQGAN decoder",
     "bench": "benchmarks: GPU kernel timings, the static sm_80 / sm_90 compile report",
 }
 

@@ -1,4 +1,6 @@
-"""``fusion generate``: a prompt (text and / or images) -> the generated document, written as an HTML page."""
+"""``fusion generate``: a prompt (text and / or images) -> the generated document(s), written as an HTML page.
+
+Sampling flags are ``GenerationConfig``'s fields and override the checkpoint's ``generation_config.json``."""
 
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ from fusion.inference.config import MODES, GenerationConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fusion generate", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="fusion generate", description=__doc__.replace("\n", " "))
     ap.add_argument("--checkpoint", required=True, help="checkpoint folder")
     ap.add_argument("--prompt", default="", help="prompt text (comes after the images)")
     ap.add_argument("--image", action="append", default=[], help="prompt image file (repeatable)")
     add_config_flags(ap, GenerationConfig, choices={"mode": MODES})
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None, help="seed every row's random stream (default: fresh)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--compile", action="store_true", help="torch.compile the decode step (CUDA)")
     ap.add_argument("--out", default="out.html", help="HTML file to write")
@@ -25,13 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("give --prompt and / or --image")
 
     from fusion.api import Fusion
-    from fusion.document import Document
+    from fusion.document import Document, write_html
     from fusion.images import open_image
 
     prompt = Document.of(*[open_image(p) for p in args.image], *([args.prompt] if args.prompt else []))
     model = Fusion.from_pretrained(args.checkpoint, device=args.device)
-    config = GenerationConfig(**config_overrides(args, GenerationConfig))
-    doc = model.generate(prompt, config, seed=args.seed, compile=args.compile)
-    Document(prompt.segments + doc.segments).to_html(args.out, title=f"fusion generate: {args.prompt[:60]}")
-    print(f"{Path(args.out)}: {len(doc.texts)} text and {len(doc.images)} image segments")
+    config = model.generation_config.replace(**config_overrides(args, GenerationConfig))
+    docs = model.generate([prompt], config, seed=args.seed, compile=args.compile)
+    write_html(args.out, [Document(prompt.segments + d.segments) for d in docs],
+               title=f"fusion generate: {args.prompt[:60]}")
+    texts, images = sum(len(d.texts) for d in docs), sum(len(d.images) for d in docs)
+    print(f"{Path(args.out)}: {len(docs)} document(s), {texts} text and {images} image segments")
     return 0

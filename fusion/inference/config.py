@@ -1,13 +1,22 @@
 """``GenerationConfig``: the one list of sampling knobs, read by the API, the CLI (flags made from its fields) and
-the decode loop. HF's names where HF has the knob; ``mode`` and ``image_guidance_scale`` are fusion's own."""
+the decode loop, and saved in a checkpoint as ``generation_config.json`` (its defaults). HF's names where HF has
+the knob; ``mode`` and ``image_guidance_scale`` are fusion's own."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from fusion import checkpoint as names
 
 MODES = ("text", "image", "mixed")
+# HF generation options fusion has under another name or not at all: what to use instead.
+HF_HINTS = {"max_length": "max_new_tokens (fusion counts new tokens only)", "cfg_scale": "guidance_scale",
+            "stop": "stop_strings", "num_beams": "sampling or do_sample=False (there is no beam search)"}
 
 
 def _knob(default, help: str):
@@ -30,6 +39,7 @@ class GenerationConfig:
     image_guidance_scale: float | None = _knob(None, "with guidance: Chameleon's 3-way guidance, this scale for "
                                                      "the prompt's images")
     stop_strings: tuple[str, ...] = _knob((), "end a row once its text holds one of these")
+    num_return_sequences: int = _knob(1, "samples per prompt; results come grouped by prompt")
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_strings, str):
@@ -39,6 +49,9 @@ class GenerationConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        if isinstance(self.num_return_sequences, bool) or not isinstance(self.num_return_sequences, int) \
+                or self.num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences must be a positive int, got {self.num_return_sequences!r}")
         _check("temperature", self.temperature, lambda t: t >= 0, "must be >= 0 (0 = greedy)")
         _check("top_k", self.top_k, lambda k: k >= 0 and k == int(k),
                "must be a non-negative integer (0 = off)")
@@ -64,7 +77,8 @@ class GenerationConfig:
         """A copy with ``changes``; unknown names are a TypeError naming them."""
         unknown = sorted(set(changes) - {f.name for f in fields(self)})
         if unknown:
-            raise TypeError(f"unknown generation options {unknown}; GenerationConfig has "
+            hints = "".join(f"; for {k} use {HF_HINTS[k]}" for k in unknown if k in HF_HINTS)
+            raise TypeError(f"unknown generation options {unknown}{hints}; GenerationConfig has "
                             f"{[f.name for f in fields(self)]}")
         return replace(self, **changes)
 
@@ -72,6 +86,46 @@ class GenerationConfig:
         d = asdict(self)
         d["stop_strings"] = list(self.stop_strings)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GenerationConfig:
+        """The inverse of ``to_dict``; unknown keys are a ValueError naming them."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown GenerationConfig keys {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> tuple[GenerationConfig, list[str]]:
+        """An HF ``generation_config.json`` dict -> (the config, the HF keys dropped).
+
+        Knobs with the same meaning keep their values; token ids (the vocabulary holds them), HF bookkeeping and
+        options fusion lacks are dropped. Keys the file does not set keep fusion's defaults.
+        """
+        ours = {f.name for f in fields(cls)} - {"mode", "image_guidance_scale"}
+        kept = {k: v for k, v in hf.items() if k in ours and v is not None}
+        if "stop_strings" in kept and isinstance(kept["stop_strings"], str):
+            kept["stop_strings"] = [kept["stop_strings"]]
+        return cls(**kept), sorted(set(hf) - set(kept))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``generation_config.json`` into ``directory`` (atomically); returns its path."""
+        from fusion.files import write_json  # here, not above: `fusion generate --help` stays free of torch
+
+        path = Path(directory) / names.GENERATION_CONFIG
+        write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> GenerationConfig:
+        """A checkpoint folder's ``generation_config.json``; the defaults when the folder has none."""
+        path = Path(directory) / names.GENERATION_CONFIG
+        if not path.is_file():
+            return cls()
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{path}: {e}") from e
 
 
 def _check(name: str, value, ok: Callable[[float], bool], rule: str) -> None:

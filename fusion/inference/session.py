@@ -1,4 +1,8 @@
-"""A decode session: one batched generation over a static KV cache, a token per row per ``step()``."""
+"""A decode session: one batched generation over a static KV cache, a token per row per ``step()``.
+
+The host syncs only where the caller asks (``all_done``, ``iter_steps``); that is also where a row whose logits
+went NaN / inf (flagged on the device by ``step.choose``) becomes a FloatingPointError naming the row.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from fusion.inference.config import GenerationConfig
+from fusion.inference.noise import RowNoise, RowSeed
 from fusion.inference.prompts import PromptBatch, prepare_prompts
 from fusion.inference.step import Masks, RowState, StepOptions, choose, compiled_decode_one, decode_one
 from fusion.model.cache import KVCache
@@ -29,14 +34,18 @@ def _row_state(batch: PromptBatch, vocab: Vocab, n_codes: int, config: Generatio
         codes_left=torch.tensor([n_codes - (k or 0) for k in batch.open_codes], device=device),
         images_left=full(images), remaining=full(max_new_tokens),
         done=torch.zeros(B, dtype=torch.bool, device=device), n_out=full(0),
-        seen=None if seen is None else seen.to(device))
+        nonfinite=torch.zeros(B, dtype=torch.bool, device=device), seen=None if seen is None else seen.to(device))
 
 
 class DecodeSession:
-    """Prompts, cache and per-row state; ``step()`` returns the next token of every row, on the device."""
+    """Prompts, cache and per-row state; ``step()`` returns the next token of every row, on the device.
+
+    ``seeds``: one per row (``noise.RowSeed``; default: fresh randomness); ``labels`` name the rows in errors.
+    """
 
     def __init__(self, model, prompts: Sequence[torch.Tensor], config: GenerationConfig, *, max_new_tokens: int,
-                 tokens_per_image: int, seed: int = 0, compile: bool = False) -> None:
+                 tokens_per_image: int, seeds: Sequence[RowSeed] | None = None, compile: bool = False,
+                 labels: Sequence[str] | None = None) -> None:
         vocab: Vocab = model.cfg.vocab
         if not isinstance(tokens_per_image, int) or tokens_per_image < 1:
             raise ValueError(f"tokens_per_image must be a positive int, got {tokens_per_image!r}")
@@ -60,8 +69,10 @@ class DecodeSession:
                                       param.dtype)
         self._prompt_ids = torch.nn.utils.rnn.pad_sequence(batch.rows, batch_first=True, padding_value=vocab.pad_id)
         self._lengths = lengths.to(device)
-        self._gen = torch.Generator(device).manual_seed(seed)
-        self._noise = torch.ones(self.B, vocab.size, device=device)
+        if seeds is not None and len(seeds) != self.B:
+            raise ValueError(f"{len(seeds)} seeds for {self.B} rows")
+        self._noise = RowNoise(seeds if seeds is not None else [None] * self.B, vocab.size, device)
+        self.labels = list(labels) if labels is not None else [f"row {b}" for b in range(self.B)]
         self._tok: torch.Tensor | None = None
         self._step_fn = decode_one
         if compile and device.type == "cuda":
@@ -70,9 +81,7 @@ class DecodeSession:
             self._step_fn = compiled_decode_one()
 
     def _fill_noise(self) -> torch.Tensor:
-        if self.opts.temperature > 0:
-            self._noise.exponential_(generator=self._gen)
-        return self._noise
+        return self._noise.fill() if self.opts.temperature > 0 else self._noise.buffer
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
@@ -90,17 +99,25 @@ class DecodeSession:
         return self._tok
 
     def all_done(self) -> bool:
-        """Host sync: have all rows finished?"""
-        return self.steps >= self.max_new_tokens or bool(self.state.done.all())
+        """Host sync: have all rows finished? A FloatingPointError if a row's logits went NaN / inf."""
+        done, broken = torch.stack([self.state.done.all(), self.state.nonfinite.any()]).tolist()
+        if broken:
+            rows = self.state.nonfinite.nonzero().flatten().tolist()
+            raise FloatingPointError(
+                f"the model's logits became NaN or inf in {', '.join(self.labels[b] for b in rows)}: its weights or "
+                "activations overflow (float16? try bfloat16 or float32), so nothing it samples is meaningful")
+        return self.steps >= self.max_new_tokens or done
 
     def finish(self, rows: Sequence[int]) -> None:
         """Mark rows finished (e.g. a stop string matched on the host)."""
         self.state.done[torch.tensor(list(rows), dtype=torch.long, device=self.state.done.device)] = True
 
-    def iter_ids(self) -> Iterator[int]:
-        """A one-row session's tokens one at a time as host ints (a sync per token, for streaming), prefix first."""
-        if self.B != 1:
-            raise ValueError(f"iter_ids streams one row, the session has {self.B}")
-        yield from self.prefix[0]
+    def iter_steps(self) -> Iterator[list[tuple[int, int]]]:
+        """Each step's new tokens as host ``(row, id)`` pairs, finished rows left out (a sync per step, for
+        streaming); the forced prefixes come first."""
+        yield [(b, t) for b, prefix in enumerate(self.prefix) for t in prefix]
+        seen = [0] * self.B
         while not self.all_done():
-            yield int(self.step()[0])
+            toks, n_out = torch.stack([self.step(), self.state.n_out]).tolist()
+            yield [(b, t) for b, (t, n) in enumerate(zip(toks, n_out, strict=True)) if n > seen[b]]
+            seen = n_out

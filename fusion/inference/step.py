@@ -5,7 +5,8 @@
 - image: only image ids until N codes are out, then ``eoi`` is forced and the row is back in text.
 
 Rows of one batch may sit in different modes at the same step. Classifier-free guidance runs extra copies of
-every row (``groups``) in the same batch; guidance only mixes logits while a row is inside an image. Nothing
+every row (``groups``) in the same batch; guidance only mixes logits while a row is inside an image. A row whose
+logits turn NaN / inf is flagged (``nonfinite``) and ended; the session raises at its next host sync. Nothing
 here syncs with the host, so ``decode_one`` compiles (and becomes a CUDA graph) as one piece.
 """
 
@@ -30,6 +31,7 @@ class RowState:
     remaining: torch.Tensor    # long: new tokens left in the budget
     done: torch.Tensor         # bool: finished rows emit pad
     n_out: torch.Tensor        # long: tokens emitted before finishing
+    nonfinite: torch.Tensor    # bool: the row's logits held NaN / inf while it was live (an error at the next sync)
     seen: torch.Tensor | None  # bool [B, V]: ids in the context, for the repetition penalty
 
     def tensors(self) -> list[torch.Tensor]:
@@ -96,20 +98,23 @@ def guide(logits: torch.Tensor, state: RowState, opts: StepOptions) -> torch.Ten
 def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions,
            noise: torch.Tensor) -> torch.Tensor:
     """Guide, mask, filter and sample one token per row from [G*B, V] logits; advance the state in place."""
+    live = ~state.done
+    lo, hi = torch.aminmax(logits, dim=-1)  # NaN propagates, inf shows at an end: ~10x cheaper than isfinite
+    broken = ~(lo.isfinite() & hi.isfinite()).view(opts.groups, -1).all(0) & live
+    state.nonfinite.logical_or_(broken)
     mixed = sampling.process(guide(logits, state, opts), allowed=allowed_ids(state, masks, opts.n_codes),
                              seen=state.seen, repetition_penalty=opts.repetition_penalty, top_k=opts.top_k,
                              top_p=opts.top_p)
     tok = sampling.sample(mixed, opts.temperature, noise)
 
     is_boi, is_eoi = tok == opts.boi_id, tok == opts.eoi_id
-    live = ~state.done
     state.n_out.add_(live.long())
     state.codes_left.copy_(torch.where(is_boi, opts.n_codes, state.codes_left - (state.in_image & ~is_eoi).long()))
     state.in_image.copy_((state.in_image & ~is_eoi) | is_boi)
     state.images_left.sub_(is_eoi.long())
     state.remaining.sub_(1)
     state.done.copy_(state.done | (tok == opts.eos_id) | (is_eoi & (state.images_left == 0))
-                     | (state.remaining <= 0))
+                     | (state.remaining <= 0) | broken)
     if state.seen is not None:
         state.seen.scatter_(1, tok[:, None], True)
     return tok

@@ -1,9 +1,12 @@
 """HF transformers' Chameleon / Anole layout: its config, vocabulary map and weight names, and the import.
 
 Chameleon's vocabulary layout is kept: a ``Vocab`` built from the HF config's ``vocabulary_map`` (image codes
-are the ``IMGIMG...`` entries, contiguous at ids 4..8195 in the released models; every id counts as text). The
-VQ tokenizer's weights are copied untouched (``hf_vqmodel.safetensors`` + ``hf_vq_config.json``) for the image
-tokenizer to load; tokenizer files are copied as they are. ``fusion convert SRC_DIR DST_DIR`` runs the import.
+are the ``IMGIMG...`` entries, contiguous at ids 4..8195 in the released models; every id counts as text). HF
+Chameleon's VQ is an encoder only: its weights are copied untouched (``hf_vqmodel.safetensors`` +
+``hf_vq_config.json``) for the image tokenizer to load. HF-format Anole checkpoints add taming's ``decoder.*``
+under the same prefix: then the whole VQGAN is written as fusion's ``vq.json`` + ``vq.safetensors`` and the
+folder generates images. Tokenizer files are copied as they are (``fusion.convert`` translates HF's
+``generation_config.json``).
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ from safetensors import safe_open
 from fusion import checkpoint as names
 from fusion.files import atomic_path, read_json, save_tensors, write_json
 from fusion.model.config import ModelConfig
+from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.taming import HF_PREFIX as VQ_PREFIX
 from fusion.vocab import Vocab
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "chat_template.json", "chat_template.jinja", "preprocessor_config.json", "processor_config.json",
-                   "generation_config.json")
+                   "chat_template.json", "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
 BOI_TOKEN, EOI_TOKEN = "<racm3:break>", "<eoss>"  # HF ChameleonProcessor's image start / end tokens
 IMAGE_PREFIX = "IMGIMG"
 # The released Chameleon / Anole models: 65,536 ids, the 8192 image codes at 4..8195.
@@ -184,6 +187,17 @@ def _copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def _write_vq(vq: dict[str, torch.Tensor], vq_config: dict | None, dst: Path) -> None:
+    """An Anole VQ (decoder included) as fusion's own files; HF Chameleon's encoder-only VQ copied untouched."""
+    if vq and vq_config and any(k.startswith("decoder.") for k in vq):
+        ImageTokenizer.from_hf_chameleon(vq, vq_config).save_pretrained(dst)
+        return
+    if vq:
+        save_tensors(dst / names.HF_VQ_WEIGHTS, vq)
+    if vq_config:
+        write_json(dst / names.HF_VQ_CONFIG, vq_config)
+
+
 def convert_hf_chameleon(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> Path:
     """HF Chameleon/Anole folder -> fusion folder (config.json, model.safetensors, VQ + tokenizer files)."""
     src, dst = Path(src_dir), Path(dst_dir)
@@ -196,10 +210,7 @@ def convert_hf_chameleon(src_dir: str | os.PathLike, dst_dir: str | os.PathLike)
     state, vq = hf_to_fusion_state(load_hf_state_dict(src), cfg)
     dst.mkdir(parents=True, exist_ok=True)
     save_tensors(dst / names.MODEL_WEIGHTS, state)
-    if vq:
-        save_tensors(dst / names.HF_VQ_WEIGHTS, vq)
-    if hf.get("vq_config"):
-        write_json(dst / names.HF_VQ_CONFIG, hf["vq_config"])
+    _write_vq(vq, hf.get("vq_config"), dst)
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             _copy(src / name, dst / name)

@@ -22,6 +22,7 @@ from fusion.kernels.doc_runs import run_positions
 from fusion.model.cache import KVCache
 from fusion.model.config import ModelConfig
 from fusion.model.layers import Block, RMSNorm, rope_cos_sin
+from fusion.numerics import refuse_nonfinite
 from fusion.vocab import IGNORE_INDEX
 
 
@@ -187,12 +188,15 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None,
-                        dtype: torch.dtype | None = None) -> Transformer:
+                        dtype: torch.dtype | None = None, *, check_finite: bool = True) -> Transformer:
         """Read a folder written by ``save_pretrained``, ``convert`` or ``fusion export`` (weights in one file or in
-        HF's sharded layout with ``model.safetensors.index.json``); returned in eval mode."""
+        HF's sharded layout with ``model.safetensors.index.json``); returned in eval mode. ``check_finite``
+        refuses weights holding NaN / inf, naming the tensors (one fast read of each)."""
         directory = Path(directory)
         cfg = ModelConfig.from_dict(read_json(directory / names.MODEL_CONFIG))
         state = load_weight_files(directory, device=device or "cpu")
+        if check_finite:
+            refuse_nonfinite(state, str(directory))
         with torch.device("meta"):  # no allocation or init of weights that are about to be replaced
             model = cls(cfg)
         model.load_weights(state, dtype=dtype)

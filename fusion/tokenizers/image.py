@@ -21,6 +21,8 @@ from vector_quantize_pytorch import VectorQuantize
 from fusion import checkpoint as names
 from fusion.files import load_tensors, read_json, save_tensors, write_json
 from fusion.images import to_rgb
+from fusion.numerics import refuse_nonfinite
+from fusion.tokenizers.lightning_ckpt import load_lightning_state
 from fusion.tokenizers.taming import HF_PREFIX, from_taming_state, to_taming_state
 from fusion.tokenizers.vq_config import VQConfig, check_plain_codebook
 from fusion.tokenizers.vqgan import Decoder, Encoder
@@ -168,29 +170,45 @@ class ImageTokenizer(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> ImageTokenizer:
-        """Read a folder written by ``save_pretrained``, or one ``fusion convert`` made from HF Chameleon."""
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None, *,
+                        check_finite: bool = True) -> ImageTokenizer:
+        """Read a folder written by ``save_pretrained``, or one ``fusion convert`` made from HF Chameleon.
+
+        ``check_finite`` refuses weights holding NaN / inf, naming the tensors.
+        """
         config = names.first_present(directory, names.VQ_CONFIG, names.HF_VQ_CONFIG, what="image tokenizer")
+        weights = config.with_name(names.VQ_WEIGHTS if config.name == names.VQ_CONFIG else names.HF_VQ_WEIGHTS)
+        state = load_tensors(weights)
+        if check_finite:
+            refuse_nonfinite(state, str(weights))
         if config.name == names.VQ_CONFIG:
             model = cls(VQConfig.from_dict(read_json(config)))
-            model.load_state_dict(load_tensors(config.with_name(names.VQ_WEIGHTS)))
+            model.load_state_dict(state)
         else:
-            model = cls.from_hf_chameleon(load_tensors(config.with_name(names.HF_VQ_WEIGHTS)), read_json(config))
+            model = cls.from_hf_chameleon(state, read_json(config))
         return model.to(device or "cpu").eval()
 
     @classmethod
     def from_hf_chameleon(cls, state_dict: dict[str, torch.Tensor], hf_vq_config: dict) -> ImageTokenizer:
-        """HF ``ChameleonVQVAE`` weights (its own state dict or ``model.vqmodel.*``) -> an encoder-only tokenizer."""
+        """HF ``ChameleonVQVAE`` weights (its own state dict or ``model.vqmodel.*``) -> a tokenizer.
+
+        HF Chameleon ships the encoder only; HF-format Anole checkpoints add taming's ``decoder.*`` beside it, and
+        then the tokenizer decodes too.
+        """
         state = {k.removeprefix(HF_PREFIX): v for k, v in state_dict.items()}
         if any(k.startswith("model.") for k in state_dict) and not any(k.startswith(HF_PREFIX) for k in state_dict):
             raise ValueError(f"state dict has no {HF_PREFIX}* tensors")
         state = {k: v for k, v in state.items() if not k.startswith(("model.", "lm_head."))}
-        return cls._load_taming_named(VQConfig.from_hf(hf_vq_config), state)
+        cfg = VQConfig.from_hf(hf_vq_config, decoder=any(k.startswith("decoder.") for k in state))
+        return cls._load_taming_named(cfg, state)
 
     @classmethod
-    def from_taming(cls, ckpt_state_dict: dict, yaml_config: dict | str | os.PathLike) -> ImageTokenizer:
-        """Meta's / taming's ``vqgan.ckpt`` state dict (or the ckpt dict holding it) and ``vqgan.yaml``."""
-        state = ckpt_state_dict.get("state_dict", ckpt_state_dict)
+    def from_taming(cls, ckpt: dict | str | os.PathLike, yaml_config: dict | str | os.PathLike) -> ImageTokenizer:
+        """Meta's / taming's ``vqgan.ckpt`` (a path, read safely by ``lightning_ckpt``; or its state dict, or the
+        ckpt dict holding it) and ``vqgan.yaml`` (a path or its parsed dict)."""
+        if not isinstance(ckpt, dict):
+            ckpt = load_lightning_state(ckpt)
+        state = ckpt.get("state_dict", ckpt)
         state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # the GAN/LPIPS training losses
         return cls._load_taming_named(VQConfig.from_taming(yaml_config), state)
 
@@ -198,7 +216,10 @@ class ImageTokenizer(nn.Module):
     def _load_taming_named(cls, cfg: VQConfig, state: dict[str, torch.Tensor]) -> ImageTokenizer:
         model = cls(cfg)
         ours = from_taming_state(state)
-        missing, unexpected = model.load_state_dict(ours, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(ours, strict=False)
+        except RuntimeError as e:  # shapes that disagree with the config
+            raise ValueError(f"checkpoint does not match its config: {e}") from None
         missing = [k for k in missing if not k.startswith("quantize._codebook.")]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not match its config: missing {missing}, unexpected {unexpected}")

@@ -139,12 +139,12 @@ class MixedTokenizer:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, vocab: Vocab | None = None,
-                        device: str | torch.device | None = None) -> MixedTokenizer:
+                        device: str | torch.device | None = None, *, check_finite: bool = True) -> MixedTokenizer:
         """``text.model`` (or HF's ``tokenizer.json``) and the image tokenizer of a checkpoint folder."""
         text_file = names.first_present(directory, names.TEXT_MODEL, names.HF_TEXT_TOKENIZER, what="text tokenizer")
         text = (TextTokenizer.from_pretrained(text_file) if text_file.name == names.TEXT_MODEL
                 else HFTextTokenizer(text_file))
-        return cls(text, ImageTokenizer.from_pretrained(directory, device=device), vocab)
+        return cls(text, ImageTokenizer.from_pretrained(directory, device=device, check_finite=check_finite), vocab)
 
 
 class StreamDecoder:

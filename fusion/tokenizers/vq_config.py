@@ -79,8 +79,9 @@ class VQConfig:
         return cls(**d)
 
     @classmethod
-    def from_hf(cls, hf: dict) -> VQConfig:
-        """HF ``ChameleonVQVAEConfig`` (as a dict) -> VQConfig; HF has no decoder weights."""
+    def from_hf(cls, hf: dict, *, decoder: bool = False) -> VQConfig:
+        """HF ``ChameleonVQVAEConfig`` (as a dict) -> VQConfig; ``decoder``: the weights have one (HF-format Anole;
+        HF Chameleon has none)."""
         if hf.get("double_latent"):
             raise ValueError("double_latent=True (a KL-VAE latent) is not a VQ tokenizer")
         vanilla = hf.get("attn_type", "vanilla") == "vanilla"
@@ -91,7 +92,7 @@ class VQConfig:
                    attn_resolutions=tuple(hf.get("attn_resolutions") or ()) if vanilla else (),
                    mid_attention=vanilla, latent_channels=hf.get("latent_channels", 256),
                    embed_dim=hf.get("embed_dim", 256), num_embeddings=hf.get("num_embeddings", 8192),
-                   dropout=float(hf.get("dropout", 0.0)), decoder=False)
+                   out_channels=hf.get("out_channels", 3), dropout=float(hf.get("dropout", 0.0)), decoder=decoder)
 
     @classmethod
     def from_taming(cls, yaml_config: dict | str | os.PathLike) -> VQConfig:

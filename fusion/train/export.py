@@ -28,6 +28,7 @@ from fusion.checkpoint import (
 from fusion.files import read_json, save_tensors, write_json
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
+from fusion.numerics import refuse_nonfinite
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.train.checkpointing import read_state
 from fusion.train.distributed import DistInfo, current_dist, together
@@ -104,15 +105,17 @@ def export(path: str | os.PathLike, out_dir: str | os.PathLike, *,
 
 
 def load_decoder(folder: str | os.PathLike, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None) -> Transformer:
+                 dtype: torch.dtype | None = None, check_finite: bool = True) -> Transformer:
     """The decoder of a checkpoint folder, or of a step folder that holds only the training checkpoint."""
     folder = Path(folder)
     state_dir = folder / TRAINING_STATE
     if (folder / MODEL_WEIGHTS).is_file() or (folder / MODEL_INDEX).is_file() or not state_dir.is_dir():
-        return Transformer.from_pretrained(folder, device=device, dtype=dtype)
+        return Transformer.from_pretrained(folder, device=device, dtype=dtype, check_finite=check_finite)
     cfg = ModelConfig.from_dict(read_json(folder / MODEL_CONFIG))
     tensors = model_tensors(state_dir)
     state = read_model_tensors(state_dir, list(tensors), tensors, device=device or "cpu")
+    if check_finite:
+        refuse_nonfinite(state, str(state_dir))
     with torch.device("meta"):
         model = Transformer(cfg)
     model.load_weights(state, dtype=dtype)

@@ -28,10 +28,50 @@ def test_cli_flags_are_made_from_the_fields():
     ap = argparse.ArgumentParser()
     add_config_flags(ap, GenerationConfig, choices={"mode": MODES})
     args = ap.parse_args(["--mode", "image", "--guidance-scale", "3", "--no-do-sample", "--stop-strings", ".", "!",
-                          "--top-k", "5", "--image-guidance-scale", "1.2"])
+                          "--top-k", "5", "--image-guidance-scale", "1.2", "--num-return-sequences", "2"])
     cfg = GenerationConfig(**config_overrides(args, GenerationConfig))
     assert cfg == GenerationConfig(mode="image", guidance_scale=3.0, do_sample=False, stop_strings=(".", "!"),
-                                   top_k=5, image_guidance_scale=1.2)
+                                   top_k=5, image_guidance_scale=1.2, num_return_sequences=2)
     assert config_overrides(ap.parse_args([]), GenerationConfig) == {}  # untyped flags keep the defaults
     with pytest.raises(SystemExit):
         ap.parse_args(["--mode", "video"])
+
+
+def test_num_return_sequences_and_hf_hints():
+    assert GenerationConfig(num_return_sequences=3).num_return_sequences == 3
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_return_sequences"):
+            GenerationConfig(num_return_sequences=bad)
+    with pytest.raises(TypeError, match="for max_length use max_new_tokens"):
+        GenerationConfig().replace(max_length=20)
+    with pytest.raises(TypeError, match="for cfg_scale use guidance_scale"):
+        GenerationConfig().replace(cfg_scale=3.0)
+
+
+def test_hf_generation_config_is_translated_not_copied():
+    # what an HF generation_config.json of a Chameleon / Anole release may hold
+    hf = {"_from_model_config": True, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "max_length": 4096,
+          "do_sample": True, "temperature": 0.9, "top_p": 0.8, "top_k": 40, "repetition_penalty": 1.1,
+          "num_return_sequences": 2, "guidance_scale": 3.0, "stop_strings": "</s>", "max_new_tokens": 500,
+          "transformers_version": "4.45.0", "num_beams": 1}
+    cfg, dropped = GenerationConfig.from_hf(hf)
+    assert cfg == GenerationConfig(do_sample=True, temperature=0.9, top_p=0.8, top_k=40, repetition_penalty=1.1,
+                                   num_return_sequences=2, guidance_scale=3.0, stop_strings=("</s>",),
+                                   max_new_tokens=500)
+    assert dropped == sorted(["_from_model_config", "bos_token_id", "eos_token_id", "pad_token_id", "max_length",
+                              "transformers_version", "num_beams"])
+    assert GenerationConfig.from_hf({"do_sample": False})[0].sampling_temperature == 0.0
+    assert GenerationConfig.from_hf({"top_k": None})[0] == GenerationConfig()  # unset values keep fusion's defaults
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationConfig.from_hf({"top_p": 2.0})
+
+
+def test_save_and_load_in_a_checkpoint_folder(tmp_path):
+    assert GenerationConfig.from_pretrained(tmp_path) == GenerationConfig()  # a folder without one: the defaults
+    cfg = GenerationConfig(mode="image", guidance_scale=2.5, stop_strings=("!",), num_return_sequences=2)
+    path = cfg.save_pretrained(tmp_path)
+    assert path == tmp_path / "generation_config.json"
+    assert GenerationConfig.from_pretrained(tmp_path) == cfg
+    path.write_text('{"temprature": 0.5}')
+    with pytest.raises(ValueError, match=r"generation_config.json: unknown GenerationConfig keys \['temprature'\]"):
+        GenerationConfig.from_pretrained(tmp_path)

@@ -157,6 +157,45 @@ def test_seed_reproduces_and_text_mode_never_emits_image_ids():
         assert VOCAB.eos_id not in ids[:-1].tolist()  # eos only ever ends a row
 
 
+def sampled_reference(model, prompt: list[int], *, seed: int, temperature: float, max_new: int) -> list[int]:
+    """Text mode sampled by hand: full recompute, fp64 softmax, and this row's own Exp(1) stream from ``seed``."""
+    v = model.cfg.vocab
+    allowed = torch.zeros(v.size, dtype=torch.bool)
+    allowed[v.text_start:v.text_start + v.text_count] = True
+    allowed[[*v.special_ids]] = False
+    allowed[v.eos_id] = True
+    g, seq, out = torch.Generator().manual_seed(seed), list(prompt), []
+    with torch.no_grad():
+        for _ in range(max_new):
+            noise = torch.empty(v.size).exponential_(generator=g)
+            logits = model(torch.tensor([seq]))[0, -1].double().masked_fill(~allowed, float("-inf"))
+            tok = int(((logits / temperature).softmax(-1) / noise.double()).argmax())
+            seq.append(tok)
+            out.append(tok)
+            if tok == v.eos_id:
+                break
+    return out
+
+
+def test_each_row_samples_from_its_own_seeded_stream():
+    """seed=s gives every row the stream torch.Generator().manual_seed(s), whatever the batch around it."""
+    model = make_model(VOCAB, seed=7)
+    hook = bias_logits(model, [VOCAB.eos_id], -30.0)  # rows run the whole budget
+    try:
+        ps = prompts(7, (3, 6, 4))
+        kw = dict(max_new_tokens=10, tokens_per_image=N, mode="text", temperature=0.1)  # flat random logits: low T
+        want = {(i, s): sampled_reference(model, ps[i].tolist(), seed=s, temperature=0.1, max_new=10)
+                for i in range(3) for s in (11, 12)}
+        assert len({tuple(w) for w in want.values()}) == 6  # the prompts and the seeds all matter
+        assert [t.tolist() for t in generate_ids(model, ps, seed=11, **kw)] == [want[i, 11] for i in range(3)]
+        got = generate_ids(model, [ps[2], ps[0]], seed=[12, torch.Generator().manual_seed(11)], **kw)
+        assert [t.tolist() for t in got] == [want[2, 12], want[0, 11]]
+        got = generate_ids(model, ps[1:2], seed=11, num_return_sequences=2, **kw)  # sample k: seed + k
+        assert [t.tolist() for t in got] == [want[1, 11], want[1, 12]]
+    finally:
+        hook.remove()
+
+
 def test_stop_callback_cuts_and_ends_the_row():
     model = make_model(VOCAB, seed=5)
     full = generate_ids(model, prompts(5), max_new_tokens=20, tokens_per_image=N, mode="text", temperature=0.0)

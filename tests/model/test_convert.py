@@ -6,6 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fusion.api import Fusion
+from fusion.document import Document
 from fusion.model.hf_chameleon import (
     convert_hf_chameleon,
     hf_to_fusion_state,
@@ -14,40 +16,20 @@ from fusion.model.hf_chameleon import (
 )
 from fusion.model.transformer import Transformer
 
-transformers = pytest.importorskip("transformers")
-
-N_IMAGE, VOCAB, IMAGE_START = 16, 300, 4
-BOI, EOI, IMAGE_PLACEHOLDER = 251, 250, 252
-
-
-def image_token_name(code: int) -> str:
-    """Chameleon's spelling: digits as letters A..J, then one trailing char (HF drops it)."""
-    return "IMGIMG" + "".join(chr(ord("A") + int(c)) for c in str(code)) + "Z"
-
-
-def vocabulary_map() -> dict[str, int]:
-    vmap = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
-    vmap.update({image_token_name(c): IMAGE_START + c for c in range(N_IMAGE)})
-    vmap.update({f"tok{i}": i for i in range(IMAGE_START + N_IMAGE, VOCAB)})
-    vmap.update({"<eoss>": EOI, "<racm3:break>": BOI, "<image>": IMAGE_PLACEHOLDER})
-    return vmap
-
-
-def hf_model(swin_norm: bool, seed: int = 0):
-    cfg = transformers.ChameleonConfig(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, rope_parameters={"rope_type": "default",
-                                                                             "rope_theta": 5000.0},
-        swin_norm=swin_norm, pad_token_id=1, bos_token_id=0, eos_token_id=2, vocabulary_map=vocabulary_map(),
-        vq_config=dict(embed_dim=8, num_embeddings=N_IMAGE, latent_channels=8, resolution=16, base_channels=32,
-                       channel_multiplier=[1, 1], num_res_blocks=1, attn_resolutions=[]))
-    torch.manual_seed(seed)
-    model = transformers.ChameleonForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # HF inits norms to ones / zeros: randomise everything so a mix-up cannot hide
-        for name, p in model.named_parameters():
-            offset = 1.0 if "norm" in name and name.endswith("weight") else 0.0
-            p.copy_(offset + (0.3 if "norm" in name else 0.1) * torch.randn_like(p))
-    return model
+from .chameleon import (
+    BOI,
+    EOI,
+    IMAGE_START,
+    N_IMAGE,
+    VOCAB,
+    VQ_CONFIG,
+    assert_logits_match,
+    decoder_state,
+    hf_model,
+    image_token_name,
+    vocabulary_map,
+    write_text_tokenizer,
+)
 
 
 def hf_folder(tmp_path, swin_norm: bool, **save_kwargs):
@@ -58,31 +40,12 @@ def hf_folder(tmp_path, swin_norm: bool, **save_kwargs):
     return model, src
 
 
-def inputs() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(5)
-    text = torch.randint(IMAGE_START + N_IMAGE, 250, (2, 12), generator=g)
-    codes = torch.randint(0, N_IMAGE, (2, 8), generator=g)
-    image = torch.cat([text[:, :3], torch.full((2, 1), BOI), IMAGE_START + codes, torch.full((2, 1), EOI),
-                       text[:, 3:6]], 1)
-    return {"text": text, "image": image}
-
-
 @pytest.mark.parametrize("swin_norm", [False, True])
 def test_converted_logits_match_transformers(tmp_path, swin_norm):
     hf, src = hf_folder(tmp_path, swin_norm)
     ours = Transformer.from_pretrained(convert_hf_chameleon(src, tmp_path / "fusion")).eval()
     assert ours.cfg.swin_norm == swin_norm and ours.cfg.rope_theta == 5000.0
-    image_cols = torch.arange(IMAGE_START, IMAGE_START + N_IMAGE)
-    keep = torch.ones(VOCAB, dtype=torch.bool)
-    keep[image_cols] = False
-    for kind, ids in inputs().items():
-        with torch.no_grad():
-            want = hf(input_ids=ids).logits
-            got = ours(ids)
-        # HF forbids sampling raw image tokens by setting their logits to the dtype minimum; fusion does
-        # not (it generates images with its own masks), so compare every other column.
-        assert bool((want[..., image_cols] == torch.finfo(want.dtype).min).all())
-        torch.testing.assert_close(got[..., keep], want[..., keep], atol=1e-4, rtol=1e-4, msg=kind)
+    assert_logits_match(hf, ours)
 
 
 def test_conversion_keeps_chameleons_vocab_vq_and_tokenizer(tmp_path):
@@ -155,15 +118,9 @@ def test_unsupported_vocab_layouts_and_configs_are_refused():
 def test_converted_folder_loads_as_a_whole_checkpoint(tmp_path):
     """fusion.load on a converted folder: HF's tokenizer.json for text, HF's VQ encoder for images."""
     from PIL import Image as PILImage
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    from fusion.api import Fusion
-    from fusion.document import Document
 
     hf, src = hf_folder(tmp_path, swin_norm=False)
-    tk = Tokenizer(models.WordLevel(vocab=vocabulary_map(), unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tk.save(str(src / "tokenizer.json"))
+    write_text_tokenizer(src / "tokenizer.json", vocabulary_map())
     loaded = Fusion.from_pretrained(convert_hf_chameleon(src, tmp_path / "fusion"), device="cpu")
     model, tok = loaded.model, loaded.tokenizer
 
@@ -179,3 +136,42 @@ def test_converted_folder_loads_as_a_whole_checkpoint(tmp_path):
     assert model.cfg.vocab == tok.vocab
     with pytest.raises(RuntimeError, match="no decoder"):
         tok.decode(ids)
+    with pytest.raises(ValueError, match="--vqgan"):  # the error says how to get a decoder
+        loaded.generate("tok30", mode="image")
+
+
+def test_hf_format_anole_gets_its_decoder_and_generates_images(tmp_path):
+    """An HF-format Anole folder: taming's decoder.* beside the encoder under model.vqmodel."""
+    hf, src = hf_folder(tmp_path, swin_norm=False)
+    write_text_tokenizer(src / "tokenizer.json", vocabulary_map())
+    state = load_file(str(src / "model.safetensors"))
+    decoder = decoder_state(VQ_CONFIG, seed=3)
+    save_file({**state, **{"model.vqmodel." + k: v for k, v in decoder.items()}}, str(src / "model.safetensors"))
+    dst = convert_hf_chameleon(src, tmp_path / "fusion")
+    assert (dst / "vq.json").is_file() and not (dst / "hf_vqmodel.safetensors").exists()
+
+    loaded = Fusion.from_pretrained(dst, device="cpu")
+    vq = loaded.tokenizer.image
+    assert vq.decoder is not None
+    ours = vq.taming_state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in decoder.items())  # every decoder tensor, by its name
+    pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    with torch.no_grad():  # the encoder is still HF's
+        assert torch.equal(vq.encode(pixels) + IMAGE_START, hf.model.get_image_tokens(pixels).long())
+    doc = loaded.generate("tok30 tok31", mode="image", seed=0)
+    assert len(doc.images) == 1 and doc.images[0].size == (16, 16) and not doc.texts
+    assert_logits_match(hf, loaded.model)
+
+
+def test_hf_generation_config_is_translated_not_copied(tmp_path):
+    hf, src = hf_folder(tmp_path, swin_norm=False)
+    hf_gen = {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "do_sample": True, "top_p": 0.9,
+              "max_length": 4096, "transformers_version": "4.44.0"}
+    (src / "generation_config.json").write_text(json.dumps(hf_gen))
+    from fusion.convert import convert
+
+    dst = convert(src, tmp_path / "fusion")
+    saved = json.loads((dst / "generation_config.json").read_text())
+    assert saved != hf_gen and "bos_token_id" not in saved and saved["top_p"] == 0.9
+    write_text_tokenizer(dst / "tokenizer.json", vocabulary_map())
+    assert Fusion.from_pretrained(dst, device="cpu").generation_config.top_p == 0.9

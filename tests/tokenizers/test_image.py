@@ -198,3 +198,54 @@ def test_taming_yaml_file(tmp_path):
     path = tmp_path / "vqgan.yaml"
     path.write_text(yaml.safe_dump(VQConfig.preset("chameleon").to_taming()))
     assert VQConfig.from_taming(path) == VQConfig.preset("chameleon")
+
+
+# A taming ddconfig with down / up attention (at 16 px) and two levels, small enough for a CPU test.
+DDCONFIG = dict(double_z=False, z_channels=16, resolution=32, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
+                num_res_blocks=1, attn_resolutions=[16], dropout=0.0)
+
+
+def taming_vqgan(seed: int) -> tuple[dict[str, torch.Tensor], dict, object, object]:
+    """A Lightning-style ``vqgan.ckpt`` dict built from the taming package's own Encoder / Decoder (random weights),
+    its yaml dict, and those modules (the independent reference)."""
+    models = pytest.importorskip(
+        "taming.modules.diffusionmodules.model",
+        reason="decoder parity needs taming-transformers-rom1504==0.0.6: pip install --no-deps "
+               "taming-transformers-rom1504==0.0.6 (its declared deps pull a torchvision that breaks the pinned torch)")
+    torch.manual_seed(seed)
+    encoder, decoder = models.Encoder(**DDCONFIG).eval(), models.Decoder(**DDCONFIG).eval()
+    _randomize(encoder, seed)
+    _randomize(decoder, seed + 1)
+    g = torch.Generator().manual_seed(seed + 2)
+    state = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+             **{f"decoder.{k}": v for k, v in decoder.state_dict().items()},
+             "quant_conv.weight": torch.randn(8, 16, 1, 1, generator=g) * 0.3,
+             "quant_conv.bias": torch.randn(8, generator=g),
+             "post_quant_conv.weight": torch.randn(16, 8, 1, 1, generator=g) * 0.3,
+             "post_quant_conv.bias": torch.randn(16, generator=g),
+             "quantize.embedding.weight": torch.randn(64, 8, generator=g),
+             "loss.discriminator.main.0.weight": torch.zeros(1)}
+    yaml_config = {"model": {"params": {"ddconfig": DDCONFIG, "n_embed": 64, "embed_dim": 8}}}
+    return {"state_dict": state, "global_step": 7}, yaml_config, encoder, decoder
+
+
+def test_vqgan_decoder_and_encoder_match_the_taming_package():
+    ckpt, yaml_config, encoder, decoder = taming_vqgan(5)
+    ours = ImageTokenizer.from_taming(ckpt, yaml_config)
+    assert ours.decoder is not None and ours.tokens_per_image == 256
+    state = ckpt["state_dict"]
+    codebook = state["quantize.embedding.weight"]
+    codes = torch.randint(0, 64, (3, 256), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():  # taming's VQModel.decode: codebook rows -> post_quant_conv -> Decoder
+        z = codebook[codes].view(3, 16, 16, 8).permute(0, 3, 1, 2)
+        z = torch.nn.functional.conv2d(z, state["post_quant_conv.weight"], state["post_quant_conv.bias"])
+        want = decoder(z).clamp(-1, 1)
+    assert want.std() > 0.1  # a real picture, not a flat one
+    torch.testing.assert_close(ours.decode(codes), want, atol=2e-5, rtol=1e-4)
+
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    with torch.no_grad():  # taming's encode: Encoder -> quant_conv -> nearest codebook row (fp64 here)
+        h = torch.nn.functional.conv2d(encoder(pixels), state["quant_conv.weight"], state["quant_conv.bias"])
+        flat = h.permute(0, 2, 3, 1).reshape(-1, 8).double()
+        nearest = torch.cdist(flat, codebook.double()).argmin(-1).view(2, -1)
+    assert len(nearest.unique()) > 8 and torch.equal(ours.encode(pixels), nearest)

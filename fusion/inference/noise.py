@@ -1,0 +1,72 @@
+"""Each row's own random stream: the Exp(1) noise the sampler divides by (``sampling.sample``).
+
+A row draws from its own generator, so its sample never depends on the rows batched with it or on its position.
+``seed`` for a call: None (fresh randomness from the OS), an int (every row's stream seeded with it; sample k of
+``num_return_sequences`` uses ``seed + k``), or a list of ints / ``torch.Generator`` s, one per output row.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+RowSeed = int | torch.Generator | None
+Seed = int | Sequence[int | torch.Generator] | None
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The rows of a call: each prompt repeated ``num_return_sequences`` times (grouped by prompt), with seeds."""
+
+    prompts: list
+    seeds: list[RowSeed]
+    labels: list[str]  # how errors name a row: "prompt 2" or "prompt 2, sample 1"
+
+
+def expand_rows(prompts: Sequence, seed: Seed, num_return_sequences: int) -> Rows:
+    """``len(prompts) * num_return_sequences`` rows, prompt-major, each with its seed (see the module doc)."""
+    n = num_return_sequences
+    rows = [p for p in prompts for _ in range(n)]
+    if seed is None:
+        seeds: list[RowSeed] = [None] * len(rows)
+    elif isinstance(seed, int) and not isinstance(seed, bool):
+        seeds = [seed + k for _ in prompts for k in range(n)]
+    elif isinstance(seed, (list, tuple)):
+        if len(seed) != len(rows):
+            raise ValueError(f"seed lists one seed per output row: {len(prompts)} prompt(s) x "
+                             f"num_return_sequences={n} = {len(rows)}, got {len(seed)}")
+        seeds = list(seed)
+        bad = [i for i, s in enumerate(seeds) if isinstance(s, bool) or not isinstance(s, (int, torch.Generator))]
+        if bad:
+            raise TypeError(f"seed[{bad[0]}] must be an int or a torch.Generator, got {type(seeds[bad[0]]).__name__}")
+    else:
+        raise TypeError(f"seed must be None, an int, or a list of ints / torch.Generators (one per row), "
+                        f"got {type(seed).__name__}")
+    labels = [f"prompt {i}" + (f", sample {k}" if n > 1 else "") for i in range(len(prompts)) for k in range(n)]
+    return Rows(rows, seeds, labels)
+
+
+def _generator(seed: RowSeed, device: torch.device) -> torch.Generator:
+    """A generator on ``device``: a caller's own when it already lives there, else one seeded from ``seed``."""
+    if isinstance(seed, torch.Generator):
+        if seed.device == device:
+            return seed
+        # A generator on another device cannot fill this device's tensors: it seeds a stream here instead.
+        seed = int(torch.randint(0, 2**62, (1,), generator=seed, device=seed.device))
+    return torch.Generator(device).manual_seed(secrets.randbits(62) if seed is None else seed)
+
+
+class RowNoise:
+    """A [B, V] buffer of Exp(1) draws; row b is refilled from row b's generator at every step."""
+
+    def __init__(self, seeds: Sequence[RowSeed], vocab_size: int, device: torch.device) -> None:
+        self.generators = [_generator(s, device) for s in seeds]
+        self.buffer = torch.ones(len(seeds), vocab_size, device=device)
+
+    def fill(self) -> torch.Tensor:
+        for row, g in zip(self.buffer, self.generators, strict=True):
+            row.exponential_(generator=g)
+        return self.buffer
