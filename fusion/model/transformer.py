@@ -196,7 +196,8 @@ class Transformer(nn.Module):
         cfg = ModelConfig.from_dict(read_json(directory / names.MODEL_CONFIG))
         state = load_weight_files(directory, device=device or "cpu")
         if check_finite:
-            refuse_nonfinite(state, str(directory))
+            single = directory / names.MODEL_WEIGHTS
+            refuse_nonfinite(state, str(single if single.is_file() else directory / names.MODEL_INDEX))
         with torch.device("meta"):  # no allocation or init of weights that are about to be replaced
             model = cls(cfg)
         model.load_weights(state, dtype=dtype)

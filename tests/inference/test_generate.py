@@ -209,30 +209,18 @@ def test_stop_callback_cuts_and_ends_the_row():
 
 
 def test_hf_chameleon_greedy_parity(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from fusion.model.hf_chameleon import convert_hf_chameleon
     from fusion.model.transformer import Transformer
 
-    n_img, size, boi, eoi = 16, 300, 251, 250
-    vmap = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<eoss>": eoi, "<racm3:break>": boi, "<image>": 252}
-    vmap.update({"IMGIMG" + "".join(chr(65 + int(c)) for c in str(i)) + "Z": 4 + i for i in range(n_img)})
-    vmap.update({f"tok{i}": i for i in range(4 + n_img, size) if i not in vmap.values()})
-    cfg = transformers.ChameleonConfig(
-        vocab_size=size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-        vocabulary_map=vmap, vq_config=dict(embed_dim=8, num_embeddings=n_img, latent_channels=8, resolution=16,
-                                            base_channels=32, channel_multiplier=[1, 1], num_res_blocks=1,
-                                            attn_resolutions=[]))
-    torch.manual_seed(0)
-    hf = transformers.ChameleonForConditionalGeneration(cfg).eval()
-    with torch.no_grad():  # randomise every weight, norms around 1
-        for name, p in hf.named_parameters():
-            p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0) + 0.3 * torch.randn_like(p))
+    from ..model.chameleon import IMAGE_START, N_IMAGE, hf_model
+
+    hf = hf_model(seed=0)
     hf.save_pretrained(tmp_path / "hf")
     ours = Transformer.from_pretrained(convert_hf_chameleon(tmp_path / "hf", tmp_path / "fusion"))
     v = ours.cfg.vocab
     g = torch.Generator().manual_seed(1)
-    prompt = torch.cat([torch.tensor([0]), torch.randint(4 + n_img, 250, (9,), generator=g)])
+    prompt = torch.cat([torch.tensor([0]), torch.randint(IMAGE_START + N_IMAGE, 250, (9,), generator=g)])
     got = generate_ids(ours, [prompt], max_new_tokens=20, tokens_per_image=64, mode="text",
                        temperature=0.0)[0]
     # HF masks image codes itself; fusion's text mode also masks the control ids, so HF suppresses those too.
