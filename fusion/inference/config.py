@@ -14,6 +14,7 @@ from pathlib import Path
 from fusion import checkpoint as names
 
 MODES = ("text", "image", "mixed")
+GUIDANCE_FORMS = ("probs", "logits")
 # HF generation options fusion has under another name or not at all: what to use instead.
 HF_HINTS = {"max_length": "max_new_tokens (fusion counts new tokens only)", "cfg_scale": "guidance_scale",
             "stop": "stop_strings", "num_beams": "sampling or do_sample=False (there is no beam search)"}
@@ -38,6 +39,9 @@ class GenerationConfig:
     guidance_scale: float = _knob(1.0, "classifier-free guidance of image tokens (1: off)")
     image_guidance_scale: float | None = _knob(None, "with guidance: Chameleon's 3-way guidance, this scale for "
                                                      "the prompt's images")
+    guidance_form: str = field(default="probs", metadata={
+        "choices": GUIDANCE_FORMS, "help": "mix the guided copies' probabilities (clamped at 0), or their logits as "
+                                           "Chameleon / LlamaGen / HF do (see inference/sampling.py)"})
     stop_strings: tuple[str, ...] = _knob((), "end a row once its text holds one of these")
     num_return_sequences: int = _knob(1, "samples per prompt; results come grouped by prompt")
 
@@ -47,6 +51,8 @@ class GenerationConfig:
         object.__setattr__(self, "stop_strings", tuple(self.stop_strings))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.guidance_form not in GUIDANCE_FORMS:
+            raise ValueError(f"guidance_form must be one of {GUIDANCE_FORMS}, got {self.guidance_form!r}")
         if self.max_new_tokens is not None and (not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1):
             raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
         if isinstance(self.num_return_sequences, bool) or not isinstance(self.num_return_sequences, int) \
@@ -102,8 +108,10 @@ class GenerationConfig:
         Knobs with the same meaning keep their values; token ids (the vocabulary holds them), HF bookkeeping and
         options fusion lacks are dropped. Keys the file does not set keep fusion's defaults.
         """
-        ours = {f.name for f in fields(cls)} - {"mode", "image_guidance_scale"}
+        ours = {f.name for f in fields(cls)} - {"mode", "image_guidance_scale", "guidance_form"}
         kept = {k: v for k, v in hf.items() if k in ours and v is not None}
+        if "guidance_scale" in kept:
+            kept["guidance_form"] = "logits"  # HF's classifier-free guidance mixes log-probabilities
         if "stop_strings" in kept and isinstance(kept["stop_strings"], str):
             kept["stop_strings"] = [kept["stop_strings"]]
         return cls(**kept), sorted(set(hf) - set(kept))

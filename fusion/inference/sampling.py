@@ -1,9 +1,15 @@
 """Logits processors and the token sampler: batched, on-device, no host sync.
 
-Every knob takes a Python number (one value for the batch) or a tensor [B] (one value per row). Guidance
-mixes raw logits, as Chameleon's ``InBatchCFGLogitsProcessor`` and LlamaGen do:
-``uncond + scale * (cond - uncond)``; scale 1 is the conditional model itself. Modality masks are applied
-after guidance, because ``-inf - -inf`` is NaN.
+Every knob takes a Python number (one value for the batch) or a tensor [B] (one value per row).
+
+Guidance mixes the conditional and unconditional copies: ``uncond + scale * (cond - uncond)``, scale 1 being the
+conditional model itself, either on logits (Chameleon's ``InBatchCFGLogitsProcessor``, LlamaGen, HF) or on
+probabilities, clamped at 0. On logits it multiplies each token's odds by ``(p_cond / p_uncond) ** (scale - 1)``,
+which rewards tokens for being unlikely WITHOUT the condition: among a VQ codebook's near-duplicate codes it
+picks atypical ones, and images come apart. Measured on the demo's checkpoint (greedy, 100 held-out captions,
+scale 3): logits chose a code other than the conditional model's first choice at most steps (mean rank 0.94) and
+the oracle read 67% back; probabilities kept the first choice almost always (mean rank 0.12) and read 100%.
+Modality masks are applied after guidance, because ``-inf - -inf`` is NaN.
 """
 
 from __future__ import annotations
@@ -19,19 +25,27 @@ def _per_row(x: Knob, logits: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, 1) if t.dim() else t.expand(logits.shape[0]).reshape(-1, 1)
 
 
-def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: Knob) -> torch.Tensor:
-    """Classifier-free guidance on raw logits: ``uncond + scale * (cond - uncond)``."""
-    return uncond + _per_row(scale, cond) * (cond - uncond)
+def _guide(parts: list[torch.Tensor], terms: list[tuple[int, int, Knob]], form: str) -> torch.Tensor:
+    """``parts[0] + sum(scale * (parts[a] - parts[b]))`` on logits, or on probabilities then back to log space."""
+    x = parts if form == "logits" else [p.softmax(-1, dtype=torch.promote_types(p.dtype, torch.float32)) for p in parts]
+    out = x[0]
+    for a, b, scale in terms:
+        out = out + _per_row(scale, parts[0]) * (x[a] - x[b])
+    return out if form == "logits" else out.clamp_min(0).log().to(parts[0].dtype)
+
+
+def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: Knob, form: str = "probs") -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)`` on ``form`` ("probs" or "logits")."""
+    return _guide([uncond, cond], [(1, 0, scale)], form)
 
 
 def cfg_mix3(full: torch.Tensor, image_only: torch.Tensor, uncond: torch.Tensor, text_scale: Knob,
-             image_scale: Knob) -> torch.Tensor:
+             image_scale: Knob, form: str = "probs") -> torch.Tensor:
     """Chameleon's 3-way (InstructPix2Pix) guidance: the prompt's images and its text are guided separately.
 
-    ``uncond + image_scale * (image_only - uncond) + text_scale * (full - image_only)``.
+    ``uncond + image_scale * (image_only - uncond) + text_scale * (full - image_only)`` on ``form``.
     """
-    return (uncond + _per_row(image_scale, full) * (image_only - uncond)
-            + _per_row(text_scale, full) * (full - image_only))
+    return _guide([uncond, image_only, full], [(1, 0, image_scale), (2, 1, text_scale)], form)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: Knob) -> torch.Tensor:

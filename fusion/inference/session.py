@@ -61,7 +61,8 @@ class DecodeSession:
                                 top_k=int(config.top_k), top_p=float(config.top_p),
                                 repetition_penalty=float(config.repetition_penalty),
                                 guidance_scale=float(config.guidance_scale),
-                                image_guidance_scale=float(config.image_guidance_scale or 1.0))
+                                image_guidance_scale=float(config.image_guidance_scale or 1.0),
+                                guidance_form=config.guidance_form)
         self.masks = Masks.build(vocab, device)
         self.state = _row_state(batch, vocab, tokens_per_image, config, max_new_tokens, device)
         lengths = torch.tensor([len(p) for p in batch.rows])

@@ -74,6 +74,7 @@ class StepOptions:
     repetition_penalty: float = 1.0
     guidance_scale: float = 1.0
     image_guidance_scale: float = 1.0
+    guidance_form: str = "probs"
 
 
 def allowed_ids(state: RowState, masks: Masks, n_codes: int) -> torch.Tensor:
@@ -90,8 +91,9 @@ def guide(logits: torch.Tensor, state: RowState, opts: StepOptions) -> torch.Ten
     g = logits.view(opts.groups, -1, logits.shape[-1])
     if opts.groups == 1:
         return g[0]
-    guided = (sampling.cfg_mix(g[0], g[1], opts.guidance_scale) if opts.groups == 2
-              else sampling.cfg_mix3(g[0], g[1], g[2], opts.guidance_scale, opts.image_guidance_scale))
+    guided = (sampling.cfg_mix(g[0], g[1], opts.guidance_scale, opts.guidance_form) if opts.groups == 2
+              else sampling.cfg_mix3(g[0], g[1], g[2], opts.guidance_scale, opts.image_guidance_scale,
+                                     opts.guidance_form))
     return torch.where(state.in_image[:, None], guided, g[0])
 
 

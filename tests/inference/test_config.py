@@ -57,7 +57,7 @@ def test_hf_generation_config_is_translated_not_copied():
     cfg, dropped = GenerationConfig.from_hf(hf)
     assert cfg == GenerationConfig(do_sample=True, temperature=0.9, top_p=0.8, top_k=40, repetition_penalty=1.1,
                                    num_return_sequences=2, guidance_scale=3.0, stop_strings=("</s>",),
-                                   max_new_tokens=500)
+                                   max_new_tokens=500, guidance_form="logits")  # HF guides log-probabilities
     assert dropped == sorted(["_from_model_config", "bos_token_id", "eos_token_id", "pad_token_id", "max_length",
                               "transformers_version", "num_beams"])
     assert GenerationConfig.from_hf({"do_sample": False})[0].sampling_temperature == 0.0

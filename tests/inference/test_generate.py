@@ -31,7 +31,8 @@ def image_spans_ok(ids: list[int], v: Vocab, n: int, start_in_image: int | None 
     return flags
 
 
-def reference(model, prompt: list[int], *, n: int, max_new: int, mode: str, cfg_scale: float = 1.0) -> list[int]:
+def reference(model, prompt: list[int], *, n: int, max_new: int, mode: str, cfg_scale: float = 1.0,
+              form: str = "probs") -> list[int]:
     """Greedy, full recompute, the modality rules spelt out per token (what generate_ids must reproduce)."""
     v = model.cfg.vocab
     seq, out = list(prompt), []
@@ -51,7 +52,11 @@ def reference(model, prompt: list[int], *, n: int, max_new: int, mode: str, cfg_
             logits = model(torch.tensor([seq], dtype=torch.long))[0, -1].double()
             if inside and cfg_scale != 1.0:
                 u = model(torch.tensor([uncond], dtype=torch.long))[0, -1].double()
-                logits = u + cfg_scale * (logits - u)
+                if form == "logits":
+                    logits = u + cfg_scale * (logits - u)
+                else:  # mix the probabilities; a token whose mixed mass is <= 0 is out
+                    mixed = u.softmax(-1) + cfg_scale * (logits.softmax(-1) - u.softmax(-1))
+                    logits = torch.where(mixed > 0, mixed.clamp_min(1e-300).log(), float("-inf"))
             if inside:
                 allowed = image_ids if left else [v.eoi_id]
             else:
@@ -92,8 +97,10 @@ def test_image_mode_gives_exactly_n_codes_then_eoi():
     assert all(len(ids) == N + 2 for ids in out)
 
 
-@pytest.mark.parametrize("mode,cfg_scale", [("mixed", 1.0), ("text", 1.0), ("image", 3.0), ("mixed", 2.0)])
-def test_kv_cache_batch_equals_full_recompute_per_row(mode, cfg_scale):
+@pytest.mark.parametrize("mode,cfg_scale,form", [("mixed", 1.0, "probs"), ("text", 1.0, "probs"),
+                                                 ("image", 3.0, "probs"), ("image", 3.0, "logits"),
+                                                 ("mixed", 2.0, "probs"), ("mixed", 2.0, "logits")])
+def test_kv_cache_batch_equals_full_recompute_per_row(mode, cfg_scale, form):
     model = make_model(VOCAB, seed=1)
     hook = bias_logits(model, [VOCAB.boi_id], 2.0)  # make images frequent enough to matter
     try:
@@ -101,9 +108,10 @@ def test_kv_cache_batch_equals_full_recompute_per_row(mode, cfg_scale):
         ps.append(torch.cat([ps[0], torch.tensor([VOCAB.boi_id]), VOCAB.image_ids(torch.tensor([5, 9]))])) \
             if mode != "text" else None
         got = generate_ids(model, ps, max_new_tokens=24, tokens_per_image=N, mode=mode, temperature=0.0,
-                           guidance_scale=cfg_scale)
+                           guidance_scale=cfg_scale, guidance_form=form)
         for p, ids in zip(ps, got, strict=True):
-            assert ids.tolist() == reference(model, p.tolist(), n=N, max_new=24, mode=mode, cfg_scale=cfg_scale)
+            assert ids.tolist() == reference(model, p.tolist(), n=N, max_new=24, mode=mode, cfg_scale=cfg_scale,
+                                             form=form)
     finally:
         hook.remove()
     if mode == "mixed":
@@ -261,11 +269,13 @@ def test_three_way_guidance_drops_text_then_images_as_chameleon():
     image = torch.cat([torch.tensor([v.boi_id]), v.image_ids(torch.arange(N)), torch.tensor([v.eoi_id])])
     text = prompts(6, (4,))[0]
     prompt = torch.cat([text, image, torch.tensor([v.text_start + 3])])
-    got = generate_ids(model, [prompt], max_new_tokens=N + 1, tokens_per_image=N, mode="image", temperature=0.0,
-                       guidance_scale=2.5, image_guidance_scale=1.5)[0]
     rows = {"full": prompt, "image_only": torch.cat([text[:1], image]), "uncond": text[:1]}
     with torch.no_grad():
         last = {k: model(torch.cat([r, torch.tensor([v.boi_id])])[None])[0, -1].double() for k, r in rows.items()}
-    mixed = last["uncond"] + 1.5 * (last["image_only"] - last["uncond"]) + 2.5 * (last["full"] - last["image_only"])
-    want = v.image_start + mixed[v.image_start:v.image_start + v.image_count].argmax()
-    assert got[:2].tolist() == [v.boi_id, int(want)]
+    for form, space in (("logits", lambda x: x), ("probs", lambda x: x.softmax(-1))):
+        got = generate_ids(model, [prompt], max_new_tokens=N + 1, tokens_per_image=N, mode="image", temperature=0.0,
+                           guidance_scale=2.5, image_guidance_scale=1.5, guidance_form=form)[0]
+        s = {k: space(x) for k, x in last.items()}
+        mixed = s["uncond"] + 1.5 * (s["image_only"] - s["uncond"]) + 2.5 * (s["full"] - s["image_only"])
+        want = v.image_start + mixed[v.image_start:v.image_start + v.image_count].argmax()
+        assert got[:2].tolist() == [v.boi_id, int(want)], form

@@ -13,16 +13,39 @@ def logits(seed=0, B=3, V=12):
     return torch.randn(B, V, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def test_cfg_is_the_formula_on_hand_made_logits():
+def test_cfg_on_logits_is_the_formula_on_hand_made_logits():
     cond = torch.tensor([[2.0, 0.0, -1.0], [1.0, 1.0, 1.0]])
     uncond = torch.tensor([[1.0, 1.0, 1.0], [0.0, 2.0, -2.0]])
-    out = sampling.cfg_mix(cond, uncond, 3.0)
+    out = sampling.cfg_mix(cond, uncond, 3.0, "logits")
     assert out.tolist() == [[4.0, -2.0, -5.0], [3.0, -1.0, 7.0]]  # 1 + 3*(2-1), ...
-    per_row = sampling.cfg_mix(cond, uncond, torch.tensor([1.0, 0.0]))
+    per_row = sampling.cfg_mix(cond, uncond, torch.tensor([1.0, 0.0]), "logits")
     assert torch.equal(per_row[0], cond[0]) and torch.equal(per_row[1], uncond[1])
     full, image_only, none = logits(1), logits(2), logits(3)
-    got = sampling.cfg_mix3(full, image_only, none, text_scale=2.5, image_scale=1.5)
+    got = sampling.cfg_mix3(full, image_only, none, text_scale=2.5, image_scale=1.5, form="logits")
     want = none + 1.5 * (image_only - none) + 2.5 * (full - image_only)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def softmax(row: list[float]) -> list[float]:
+    e = [math.exp(x) for x in row]
+    return [x / sum(e) for x in e]
+
+
+def test_cfg_on_probabilities_mixes_softmaxes_and_clamps_at_zero():
+    cond, uncond = logits(4, B=2, V=5), logits(5, B=2, V=5)
+    got = sampling.cfg_mix(cond, uncond, 3.0, "probs")
+    for b in range(2):
+        pc, pu = softmax(cond[b].tolist()), softmax(uncond[b].tolist())
+        mixed = [u + 3.0 * (c - u) for c, u in zip(pc, pu, strict=True)]
+        assert math.isclose(sum(mixed), 1.0, rel_tol=1e-12)  # the mix stays a distribution before clamping
+        for g, m in zip(got[b].tolist(), mixed, strict=True):
+            assert g == float("-inf") if m <= 0 else math.isclose(g, math.log(m), rel_tol=1e-9)
+    assert bool(torch.isinf(got).any())  # scale 3 drives some probabilities below zero: those tokens are out
+    torch.testing.assert_close(sampling.cfg_mix(cond, uncond, 1.0, "probs"), cond.log_softmax(-1))  # scale 1
+    full, image_only, none = logits(1), logits(2), logits(3)
+    got = sampling.cfg_mix3(full, image_only, none, text_scale=2.5, image_scale=1.5, form="probs")
+    p = [t.softmax(-1) for t in (full, image_only, none)]
+    want = (p[2] + 1.5 * (p[1] - p[2]) + 2.5 * (p[0] - p[1])).clamp_min(0).log()
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
