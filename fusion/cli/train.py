@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from fusion.train.distributed import init_distributed, prepare_on_main
     from fusion.train.loop import Trainer
-    from fusion.train.packing import PackedDataset
+    from fusion.train.packing import ConditionDropout, PackedDataset
 
     model, tokenizer = _model_and_tokenizer(args, cfg.seed)
     info = init_distributed(timeout_s=cfg.dist_timeout_s)
@@ -53,7 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_docs, eval_docs = _token_docs(args, tokenizer).split(args.eval_fraction)
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id,
                   rank=info.rank, world_size=info.world_size)
-    train_data = PackedDataset(train_docs, seed=cfg.seed, **common)
+    train_data = PackedDataset(train_docs, seed=cfg.seed, condition_dropout=ConditionDropout(
+        cfg.condition_dropout, tokenizer.vocab.bos_id, tokenizer.vocab.boi_id), **common)
     eval_data = PackedDataset(eval_docs, seed=cfg.seed, drop_last=False, **common) if len(eval_docs) else None
     if eval_data is None:
         log.warning("no documents held out for evaluation (%d documents, --eval-fraction %s): eval is off",

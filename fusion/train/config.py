@@ -31,6 +31,9 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     seed: int = 0
+    condition_dropout: float = field(default=0.0, metadata={
+        "help": "probability that a document's text before its first image is dropped (per document and epoch), "
+                "so the model learns what classifier-free guidance needs; LlamaGen uses 0.1"})
     dtype: str = "auto"            # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     activation_checkpointing: bool = False
@@ -46,6 +49,8 @@ class TrainConfig:
                                                                "fails (a hung or dead rank)"})
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must lie in [0, 1), got {self.condition_dropout}")
         for name in ("steps", "batch_size", "seq_len", "grad_accum", "max_bad_steps", "eval_every", "save_every",
                      "keep_last", "log_every", "dist_timeout_s"):
             if getattr(self, name) <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,6 +15,34 @@ from fusion.kernels.doc_runs import run_index
 from fusion.vocab import IGNORE_INDEX
 
 PAD_DOC = -1  # doc id of padding positions
+_CONDITION_STREAM = 0xC0DD  # the condition-dropout draws' own random stream, apart from the shuffle's
+
+
+@dataclass(frozen=True)
+class ConditionDropout:
+    """With probability ``p`` per document and epoch, the text before its first image is dropped (bos kept), so
+    the model also learns images without their caption: the unconditional branch classifier-free guidance needs
+    (LlamaGen drops 10% of captions). Draws are keyed by (seed, epoch, document index): resumes stay exact."""
+
+    p: float
+    bos_id: int
+    boi_id: int
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"condition dropout must lie in [0, 1), got {self.p}")
+
+    def spans(self, docs: TokenDocs) -> tuple[np.ndarray, np.ndarray]:
+        """Per document, (start, length) of the text before its first image: after a leading bos, up to the
+        boi; length 0 for documents without an image or starting with one."""
+        starts, lengths = [], []
+        for i in range(len(docs)):
+            doc = docs[i]
+            first = 1 if len(doc) and doc[0] == self.bos_id else 0
+            boi = np.flatnonzero(doc == self.boi_id)
+            starts.append(first)
+            lengths.append(int(boi[0]) - first if len(boi) else 0)
+        return np.array(starts, dtype=np.int64), np.array(lengths, dtype=np.int64)
 
 
 class PackedDataset:
@@ -29,7 +58,8 @@ class PackedDataset:
     """
 
     def __init__(self, docs: TokenDocs, seq_len: int, batch_size: int, *, pad_id: int = 0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True,
+                 condition_dropout: ConditionDropout | None = None) -> None:
         if seq_len <= 0 or batch_size <= 0:
             raise ValueError(f"seq_len and batch_size must be positive, got {seq_len}, {batch_size}")
         if not 0 <= rank < world_size:
@@ -52,20 +82,26 @@ class PackedDataset:
         # the corpus as the position knows it: resuming over other documents would silently train on other data
         self.fingerprint = hashlib.sha256(np.ascontiguousarray(docs.lengths, dtype=np.int64)).hexdigest()[:16]
         self.epoch, self.index = 0, 0  # the position: next batch is (epoch, index)
-        self._order_epoch, self._starts, self._order = -1, None, None
+        self._order_epoch, self._starts, self._order, self._dropped = -1, None, None, None
+        # Dropped captions shorten an epoch; sequences stay counted from the full corpus, so the epoch's last
+        # ones are padding (targets ignored) and the position arithmetic does not change.
+        self.condition_dropout = condition_dropout
+        self._spans = condition_dropout.spans(docs) if condition_dropout and condition_dropout.p > 0 else None
 
     # ------------------------------------------------------------ position
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "seq_len": self.seq_len,
                 "batch_size": self.batch_size, "num_sequences": self.num_sequences, "documents": len(self.docs),
-                "fingerprint": self.fingerprint}
+                "fingerprint": self.fingerprint,
+                "condition_dropout": self.condition_dropout.p if self.condition_dropout else 0.0}
 
     def load_state_dict(self, state: dict) -> None:
         """Take a saved position; refuses one from other data or another batching (naming the fields)."""
         mine = self.state_dict()
-        differ = [k for k in ("seed", "seq_len", "batch_size", "num_sequences", "documents", "fingerprint")
-                  if state.get(k) != mine[k]]
+        state = {"condition_dropout": 0.0, **state}  # positions saved before the option existed had none
+        differ = [k for k in ("seed", "seq_len", "batch_size", "num_sequences", "documents", "fingerprint",
+                              "condition_dropout") if state.get(k) != mine[k]]
         if differ:
             raise ValueError("the data position does not fit this dataset (the training data or its batching "
                              "changed): " + ", ".join(f"data.{k}: saved {state.get(k)!r} != now {mine[k]!r}"
@@ -78,8 +114,21 @@ class PackedDataset:
         if self._order_epoch != epoch:
             rng = np.random.default_rng([self.seed, epoch])
             self._order = rng.permutation(len(self.docs))
-            self._starts = np.concatenate([[0], np.cumsum(self.docs.lengths[self._order])])
+            lengths = self.docs.lengths
+            if self._spans is not None:
+                draws = np.random.default_rng([self.seed, epoch, _CONDITION_STREAM]).random(len(self.docs))
+                self._dropped = (draws < self.condition_dropout.p) & (self._spans[1] > 0)
+                lengths = lengths - np.where(self._dropped, self._spans[1], 0)
+            self._starts = np.concatenate([[0], np.cumsum(lengths[self._order])])
             self._order_epoch = epoch
+
+    def _doc(self, i: int) -> np.ndarray:
+        """Document ``i`` as this epoch sees it (its caption dropped when the draw says so)."""
+        doc = self.docs[i]
+        if self._dropped is not None and self._dropped[i]:
+            start, length = self._spans[0][i], self._spans[1][i]
+            doc = np.concatenate([doc[:start], doc[start + length:]])
+        return doc
 
     def sequence(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Global sequence ``i`` of ``epoch``: (tokens [seq_len+1], doc ids [seq_len+1], -1 on padding)."""
@@ -89,12 +138,12 @@ class PackedDataset:
         doc_ids = np.full(n, PAD_DOC, dtype=np.int64)
         if i >= self.num_sequences:
             return tokens, doc_ids
-        pos, end = i * n, min((i + 1) * n, int(self._starts[-1]))
+        pos, end = i * n, min((i + 1) * n, int(self._starts[-1]))  # past the epoch's tokens: padding
         j = int(np.searchsorted(self._starts, pos, side="right")) - 1
         while pos < end:
             lo, hi = int(self._starts[j]), int(self._starts[j + 1])
             take = min(hi, end) - pos
-            doc = self.docs[int(self._order[j])]
+            doc = self._doc(int(self._order[j]))
             tokens[pos - i * n:pos - i * n + take] = doc[pos - lo:pos - lo + take]
             doc_ids[pos - i * n:pos - i * n + take] = self._order[j]
             pos += take

@@ -196,3 +196,38 @@ def test_unknown_source_is_refused(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported data source"):
         next(corpus.read_rows(tmp_path / "x.csv"))
+
+
+# ---------------------------------------------------------------- condition dropout
+
+
+def test_condition_dropout_drops_the_text_before_the_first_image_keyed_by_document_and_epoch():
+    from fusion.train.packing import ConditionDropout
+
+    bos, boi, eoi, eos = 1, 3, 4, 2
+    docs = [[bos, 10, 11, 12, boi, 50, 51, eoi, 13, eos],  # a caption, an image, more text
+            [bos, boi, 52, 53, eoi, 14, eos],                # starts with its image: nothing to drop
+            [bos, 15, 16, eos]]                              # no image: nothing to drop
+    docs = TokenDocs.from_arrays(docs * 40)  # 120 documents
+    drop = ConditionDropout(0.5, bos_id=bos, boi_id=boi)
+    n_tokens = int(docs.lengths.sum())
+    ds = PackedDataset(docs, seq_len=n_tokens - 1, batch_size=1, seed=3, condition_dropout=drop)  # one sequence
+
+    def seen(epoch: int) -> list[list[int]]:
+        tokens, doc_ids = ds.sequence(epoch, 0)
+        return [tokens[doc_ids == d].tolist() for d in sorted(set(doc_ids.tolist()) - {-1})]
+
+    for epoch in (0, 1):
+        got = seen(epoch)
+        assert len(got) == 120
+        captioned = [g for i, g in enumerate(got) if i % 3 == 0]
+        dropped = [g for g in captioned if g == [bos, boi, 50, 51, eoi, 13, eos]]
+        assert len(dropped) + sum(g == docs[0].tolist() for g in captioned) == 40  # each kept whole or dropped
+        assert 8 <= len(dropped) <= 32  # p = 0.5 of 40 documents
+        assert all(g == docs[i].tolist() for i, g in enumerate(got) if i % 3)  # the others never change
+    assert seen(0) != seen(1)  # a fresh draw each epoch, the same one again for the same (seed, epoch)
+    again = PackedDataset(docs, seq_len=n_tokens - 1, batch_size=1, seed=3, condition_dropout=drop)
+    assert [again.sequence(e, 0)[0].tolist() for e in (0, 1)] == [ds.sequence(e, 0)[0].tolist() for e in (0, 1)]
+    plain = PackedDataset(docs, seq_len=n_tokens - 1, batch_size=1, seed=3)
+    with pytest.raises(ValueError, match="condition_dropout"):
+        ds.load_state_dict(plain.state_dict())  # a run cannot resume with another dropout
