@@ -6,7 +6,7 @@
 
 Rows of one batch may sit in different modes at the same step. Classifier-free guidance runs extra copies of
 every row (``groups``) in the same batch; guidance only mixes logits while a row is inside an image. A row whose
-logits turn NaN / inf is flagged (``nonfinite``) and ended; the session raises at its next host sync. Nothing
+logits turn NaN / +inf (or all -inf) is flagged (``nonfinite``) and ended; the session raises at its next host sync. Nothing
 here syncs with the host, so ``decode_one`` compiles (and becomes a CUDA graph) as one piece.
 """
 
@@ -101,8 +101,9 @@ def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOption
            noise: torch.Tensor) -> torch.Tensor:
     """Guide, mask, filter and sample one token per row from [G*B, V] logits; advance the state in place."""
     live = ~state.done
-    lo, hi = torch.aminmax(logits, dim=-1)  # NaN propagates, inf shows at an end: ~10x cheaper than isfinite
-    broken = ~(lo.isfinite() & hi.isfinite()).view(opts.groups, -1).all(0) & live
+    # The row maximum is NaN if any logit is, +inf if one overflowed, -inf if none is left: one cheap reduction.
+    # A single -inf logit is fine (a hook or processor may ban tokens that way).
+    broken = ~logits.amax(-1).isfinite().view(opts.groups, -1).all(0) & live
     state.nonfinite.logical_or_(broken)
     mixed = sampling.process(guide(logits, state, opts), allowed=allowed_ids(state, masks, opts.n_codes),
                              seen=state.seen, repetition_penalty=opts.repetition_penalty, top_k=opts.top_k,

@@ -258,3 +258,16 @@ def test_nonfinite_logits_raise_naming_the_row(fusion_model):
             list(fusion_model.stream("a", mode="text", max_new_tokens=40, num_return_sequences=2))
     finally:
         hook.remove()
+
+
+def test_a_banned_token_at_minus_inf_is_not_an_error(fusion_model):
+    """-inf is how hooks and processors ban a token: only NaN, +inf or a row with nothing left are errors."""
+    banned = fusion_model.tokenizer.vocab.text_start + 7
+    hook = fusion_model.model.lm_head.register_forward_hook(
+        lambda m, i, out: out.index_fill(-1, torch.tensor([banned]), float("-inf")))
+    try:
+        doc = fusion_model.generate("a", mode="text", max_new_tokens=30, seed=0, do_sample=False)
+        ids = fusion_model.tokenizer.encode(doc, bos=False, eos=False)
+    finally:
+        hook.remove()
+    assert doc.texts and banned not in ids.tolist()
