@@ -55,14 +55,18 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
-def top_k_filter(logits: torch.Tensor, k: Knob) -> torch.Tensor:
-    """Keep each row's ``k`` largest logits (ties at the k-th value kept); k <= 0 keeps all."""
+def top_k_filter(logits: torch.Tensor, k: Knob, cap: int | None = None) -> torch.Tensor:
+    """Keep each row's ``k`` largest logits (ties at the k-th value kept); k <= 0 keeps all.
+
+    A tensor ``k`` with ``cap`` (k <= cap) finds the k-th value among the ``cap`` largest instead of a full sort.
+    """
     V = logits.shape[-1]
     if isinstance(k, int):  # one k for the batch: topk is cheaper than a full sort
         return logits if k <= 0 else logits.masked_fill(logits < logits.topk(min(k, V), -1).values[:, -1:],
                                                          float("-inf"))
     k = _per_row(k, logits).long()
-    kth = logits.sort(dim=-1, descending=True).values.gather(-1, (k.clamp(1, V) - 1))
+    top = logits.topk(min(cap, V), -1).values if cap else logits.sort(dim=-1, descending=True).values
+    kth = top.gather(-1, (k.clamp(1, top.shape[-1]) - 1))
     keep = (logits >= kth) | (k <= 0)
     return logits.masked_fill(~keep, float("-inf"))
 
@@ -98,14 +102,15 @@ def sample(logits: torch.Tensor, temperature: Knob, noise: torch.Tensor) -> torc
 
 
 def process(logits: torch.Tensor, *, allowed: torch.Tensor | None = None, seen: torch.Tensor | None = None,
-            repetition_penalty: Knob = 1.0, top_k: Knob = 0, top_p: Knob = 1.0) -> torch.Tensor:
+            repetition_penalty: Knob = 1.0, top_k: Knob = 0, top_p: Knob = 1.0,
+            top_k_cap: int | None = None) -> torch.Tensor:
     """The usual chain: repetition penalty, modality mask, top-k, top-p (each skipped when off)."""
     if seen is not None and not (isinstance(repetition_penalty, (int, float)) and repetition_penalty == 1.0):
         logits = apply_repetition_penalty(logits, seen, repetition_penalty)
     if allowed is not None:
         logits = mask_logits(logits, allowed)
     if not (isinstance(top_k, int) and top_k <= 0):
-        logits = top_k_filter(logits, top_k)
+        logits = top_k_filter(logits, top_k, top_k_cap)
     if not (isinstance(top_p, (int, float)) and top_p >= 1.0):
         logits = top_p_filter(logits, top_p)
     return logits

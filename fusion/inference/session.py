@@ -13,7 +13,7 @@ import torch
 from fusion.inference.config import GenerationConfig
 from fusion.inference.noise import RowNoise, RowSeed
 from fusion.inference.prompts import PromptBatch, prepare_prompts
-from fusion.inference.step import Masks, RowState, StepOptions, choose, compiled_decode_one, decode_one
+from fusion.inference.step import Knobs, Masks, RowState, StepOptions, choose, compiled_decode_one, decode_one
 from fusion.model.cache import KVCache
 from fusion.vocab import Vocab
 
@@ -37,6 +37,20 @@ def _row_state(batch: PromptBatch, vocab: Vocab, n_codes: int, config: Generatio
         nonfinite=torch.zeros(B, dtype=torch.bool, device=device), seen=None if seen is None else seen.to(device))
 
 
+def step_settings(config: GenerationConfig, vocab: Vocab, n_codes: int, groups: int,
+                  device: torch.device) -> tuple[StepOptions, Knobs]:
+    """What shapes the step's code (options) and the values it reads (knobs: tensors, never recompiled on)."""
+    top_k = int(config.top_k)
+    opts = StepOptions(n_codes=n_codes, groups=groups, boi_id=vocab.boi_id, eoi_id=vocab.eoi_id,
+                       eos_id=vocab.eos_id, guidance_form=config.guidance_form,
+                       top_k_cap=max(64, 1 << (top_k - 1).bit_length()) if top_k else 0,  # any k <= cap reuses it
+                       use_top_p=config.top_p < 1.0, use_penalty=config.repetition_penalty != 1.0)
+    knobs = Knobs.of(device, temperature=config.sampling_temperature, top_k=top_k, top_p=config.top_p,
+                     repetition_penalty=config.repetition_penalty, guidance_scale=config.guidance_scale,
+                     image_guidance_scale=config.image_guidance_scale or 1.0)
+    return opts, knobs
+
+
 class DecodeSession:
     """Prompts, cache and per-row state; ``step()`` returns the next token of every row, on the device.
 
@@ -56,13 +70,8 @@ class DecodeSession:
         device = param.device
         self.model, self.B, self.prefix = model, batch.batch, batch.prefixes
         self.max_new_tokens, self.steps = max_new_tokens, 0
-        self.opts = StepOptions(n_codes=tokens_per_image, groups=batch.groups, boi_id=vocab.boi_id,
-                                eoi_id=vocab.eoi_id, eos_id=vocab.eos_id, temperature=config.sampling_temperature,
-                                top_k=int(config.top_k), top_p=float(config.top_p),
-                                repetition_penalty=float(config.repetition_penalty),
-                                guidance_scale=float(config.guidance_scale),
-                                image_guidance_scale=float(config.image_guidance_scale or 1.0),
-                                guidance_form=config.guidance_form)
+        self.opts, self.knobs = step_settings(config, vocab, tokens_per_image, batch.groups, device)
+        self.sampling = config.sampling_temperature > 0
         self.masks = Masks.build(vocab, device)
         self.state = _row_state(batch, vocab, tokens_per_image, config, max_new_tokens, device)
         lengths = torch.tensor([len(p) for p in batch.rows])
@@ -76,13 +85,14 @@ class DecodeSession:
         self.labels = list(labels) if labels is not None else [f"row {b}" for b in range(self.B)]
         self._tok: torch.Tensor | None = None
         self._step_fn = decode_one
-        if compile and device.type == "cuda":
-            for t in self.cache.k + self.cache.v + [self.cache.seqlens] + self.state.tensors():
-                torch._dynamo.mark_static_address(t)
-            self._step_fn = compiled_decode_one()
+        if compile:
+            if device.type == "cuda":  # CUDA graphs replay fixed addresses
+                for t in self.cache.k + self.cache.v + [self.cache.seqlens] + self.state.tensors():
+                    torch._dynamo.mark_static_address(t)
+            self._step_fn = compiled_decode_one(device.type)
 
     def _fill_noise(self) -> torch.Tensor:
-        return self._noise.fill() if self.opts.temperature > 0 else self._noise.buffer
+        return self._noise.fill() if self.sampling else self._noise.buffer
 
     @torch.no_grad()
     def step(self) -> torch.Tensor:
@@ -92,9 +102,10 @@ class DecodeSession:
         noise = self._fill_noise()
         if self._tok is None:  # the ragged prefill of every prompt
             logits = self.model.next_logits(self._prompt_ids.to(self._lengths.device), self.cache, self._lengths)
-            tok = choose(logits, self.state, self.masks, self.opts, noise)
+            tok = choose(logits, self.state, self.masks, self.opts, self.knobs, noise)
         else:
-            tok = self._step_fn(self.model, self.cache, self._tok, self.state, self.masks, self.opts, noise)
+            tok = self._step_fn(self.model, self.cache, self._tok, self.state, self.masks, self.opts, self.knobs,
+                                noise)
         self._tok = tok.clone()  # a CUDA-graph output is overwritten by the next replay
         self.steps += 1
         return self._tok

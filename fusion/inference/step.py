@@ -5,9 +5,9 @@
 - image: only image ids until N codes are out, then ``eoi`` is forced and the row is back in text.
 
 Rows of one batch may sit in different modes at the same step. Classifier-free guidance runs extra copies of
-every row (``groups``) in the same batch; guidance only mixes logits while a row is inside an image. A row whose
-logits turn NaN / +inf (or all -inf) is flagged (``nonfinite``) and ended; the session raises at its next host sync. Nothing
-here syncs with the host, so ``decode_one`` compiles (and becomes a CUDA graph) as one piece.
+every row (``groups``) in the same batch; guidance only mixes logits while a row is inside an image. A row
+whose logits turn NaN / +inf (or all -inf) is flagged (``nonfinite``) and ended; the session raises at its next
+host sync. Nothing here syncs with the host, so ``decode_one`` compiles (and becomes a CUDA graph) as one piece.
 """
 
 from __future__ import annotations
@@ -61,20 +61,37 @@ class Masks:
 
 @dataclass(frozen=True)
 class StepOptions:
-    """Everything a step needs besides tensors (hashable, so a compiled step specialises on it)."""
+    """What shapes a step's code (hashable: a compiled step specialises on it); the values are ``Knobs``."""
 
     n_codes: int                 # tokens_per_image
     groups: int                  # 1, 2 (guidance) or 3 (3-way guidance) copies of each row
     boi_id: int
     eoi_id: int
     eos_id: int
-    temperature: float = 1.0     # 0: greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    guidance_scale: float = 1.0
-    image_guidance_scale: float = 1.0
     guidance_form: str = "probs"
+    top_k_cap: int = 0           # top-k on, for any k up to this (0: off)
+    use_top_p: bool = False
+    use_penalty: bool = False
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """The sampling values as 0-dim device tensors, so a compiled step does not recompile when they change."""
+
+    temperature: torch.Tensor    # 0: greedy
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    repetition_penalty: torch.Tensor
+    guidance_scale: torch.Tensor
+    image_guidance_scale: torch.Tensor
+
+    @classmethod
+    def of(cls, device, **values: float) -> Knobs:
+        return cls(**{k: torch.tensor(v, dtype=torch.long if k == "top_k" else torch.float32, device=device)
+                      for k, v in values.items()})
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(vars(self).values())
 
 
 def allowed_ids(state: RowState, masks: Masks, n_codes: int) -> torch.Tensor:
@@ -86,18 +103,18 @@ def allowed_ids(state: RowState, masks: Masks, n_codes: int) -> torch.Tensor:
     return torch.where(state.done[:, None], masks.pad, allowed)
 
 
-def guide(logits: torch.Tensor, state: RowState, opts: StepOptions) -> torch.Tensor:
+def guide(logits: torch.Tensor, state: RowState, opts: StepOptions, knobs: Knobs) -> torch.Tensor:
     """[G*B, V] logits of every copy -> [B, V]: guided inside images, the conditional row elsewhere."""
     g = logits.view(opts.groups, -1, logits.shape[-1])
     if opts.groups == 1:
         return g[0]
-    guided = (sampling.cfg_mix(g[0], g[1], opts.guidance_scale, opts.guidance_form) if opts.groups == 2
-              else sampling.cfg_mix3(g[0], g[1], g[2], opts.guidance_scale, opts.image_guidance_scale,
+    guided = (sampling.cfg_mix(g[0], g[1], knobs.guidance_scale, opts.guidance_form) if opts.groups == 2
+              else sampling.cfg_mix3(g[0], g[1], g[2], knobs.guidance_scale, knobs.image_guidance_scale,
                                      opts.guidance_form))
     return torch.where(state.in_image[:, None], guided, g[0])
 
 
-def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions,
+def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions, knobs: Knobs,
            noise: torch.Tensor) -> torch.Tensor:
     """Guide, mask, filter and sample one token per row from [G*B, V] logits; advance the state in place."""
     live = ~state.done
@@ -105,10 +122,12 @@ def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOption
     # A single -inf logit is fine (a hook or processor may ban tokens that way).
     broken = ~logits.amax(-1).isfinite().view(opts.groups, -1).all(0) & live
     state.nonfinite.logical_or_(broken)
-    mixed = sampling.process(guide(logits, state, opts), allowed=allowed_ids(state, masks, opts.n_codes),
-                             seen=state.seen, repetition_penalty=opts.repetition_penalty, top_k=opts.top_k,
-                             top_p=opts.top_p)
-    tok = sampling.sample(mixed, opts.temperature, noise)
+    mixed = sampling.process(guide(logits, state, opts, knobs), allowed=allowed_ids(state, masks, opts.n_codes),
+                             seen=state.seen if opts.use_penalty else None,
+                             repetition_penalty=knobs.repetition_penalty,
+                             top_k=knobs.top_k if opts.top_k_cap else 0, top_k_cap=opts.top_k_cap or None,
+                             top_p=knobs.top_p if opts.use_top_p else 1.0)
+    tok = sampling.sample(mixed, knobs.temperature, noise)
 
     is_boi, is_eoi = tok == opts.boi_id, tok == opts.eoi_id
     state.n_out.add_(live.long())
@@ -124,17 +143,20 @@ def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOption
 
 
 def decode_one(model, cache: KVCache, tok: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions,
-               noise: torch.Tensor) -> torch.Tensor:
+               knobs: Knobs, noise: torch.Tensor) -> torch.Tensor:
     """Feed each row's last token [B] (to all G copies), return the next [B]. The part worth compiling."""
-    return choose(model.next_logits(tok.repeat(opts.groups)[:, None], cache), state, masks, opts, noise)
+    return choose(model.next_logits(tok.repeat(opts.groups)[:, None], cache), state, masks, opts, knobs, noise)
 
 
-_compiled_decode_one = None
+COMPILE_BACKEND = "inductor"  # tests swap in "eager": the graph (and its breaks / recompiles) is Dynamo's either way
+_compiled: dict[tuple[str, str], object] = {}
 
 
-def compiled_decode_one():
-    """``decode_one`` compiled once per process (CUDA graphs through mode="reduce-overhead")."""
-    global _compiled_decode_one
-    if _compiled_decode_one is None:
-        _compiled_decode_one = torch.compile(decode_one, mode="reduce-overhead", fullgraph=True)
-    return _compiled_decode_one
+def compiled_decode_one(device_type: str):
+    """``decode_one`` compiled as ONE graph (``fullgraph``) per process and device type: CUDA graphs on a GPU
+    (mode "reduce-overhead"), Inductor's C++ on a CPU. Knob values are tensors, so changing them reuses it."""
+    key = (device_type, COMPILE_BACKEND)
+    if key not in _compiled:
+        mode = "reduce-overhead" if device_type == "cuda" and COMPILE_BACKEND == "inductor" else None
+        _compiled[key] = torch.compile(decode_one, backend=COMPILE_BACKEND, mode=mode, fullgraph=True, dynamic=False)
+    return _compiled[key]
