@@ -1,39 +1,110 @@
-"""The demo's plumbing on a minute-long run; the full demo and its >= 90% targets run in .ci/run."""
+"""The demo's plumbing on a minute-long run; the full demo and its accuracy targets run in .ci/run."""
 
+import base64
+import io
 import json
+import os
+import re
+import shutil
 
+import pytest
 import torch
+from PIL import Image as PILImage
 
 import fusion
 from fusion.cli.demo import main
 from fusion.demo import DemoConfig, run
 
+QUICK = DemoConfig.quick("unused")
 
-def test_quick_demo_writes_page_report_and_a_loadable_checkpoint(tmp_path, capsys):
-    assert main(["--quick", "--out", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    assert "text -> image" in printed and "image -> text" in printed
 
-    report = json.loads((tmp_path / "report.json").read_text())
-    assert 0.0 <= report["text_to_image_accuracy"] <= 1.0
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    import contextlib
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--quick", "--out", str(out)]) == 0
+    return out, printed.getvalue()
+
+
+def test_quick_demo_writes_report_and_a_loadable_checkpoint(quick_demo):
+    out, printed = quick_demo
+    assert "text -> image" in printed and "image -> text" in printed and "guidance scale" in printed
+    report = json.loads((out / "report.json").read_text())
     assert set(report["seconds"]) == {"bpe", "vq", "tokenize", "decoder", "generate"}
-    n = DemoConfig.quick(str(tmp_path)).eval_prompts
-    page = (tmp_path / "index.html").read_text()
-    # every caption prompt gets a generated image; every image prompt shows its picture
-    assert page.count("<img") == 2 * n and page.count("caption -&gt; image") == n
+    assert set(report["guidance"]) == {str(s) for s in QUICK.guidance_scales}
+    assert all(0 <= a[k] <= 1 for a in report["guidance"].values() for k in ("validation", "test"))
+    best = report["best_guidance_scale"]
+    assert report["text_to_image_accuracy"] == report["guidance"][str(best)]["test"]
+    chosen = max(QUICK.guidance_scales, key=lambda s: (report["guidance"][str(s)]["validation"], -s))
+    assert best == chosen  # the validation split picks the scale, never the held-out one
 
-    model = fusion.load(tmp_path / "checkpoint", device="cpu")
+    model = fusion.load(out / "checkpoint", device="cpu")
+    assert model.generation_config.guidance_scale == best  # the checkpoint's defaults are the chosen ones
     doc = model.generate("a large red circle:", mode="image", seed=0)  # one prompt -> one Document
     assert model.generate(["a large red circle:"], mode="image", seed=0) == [doc]  # a list is a batch
     assert len(doc.images) == 1 and doc.images[0].size == (32, 32)
 
 
+def test_page_holds_summary_grid_table_stories_and_decodable_images(quick_demo):
+    out, _ = quick_demo
+    page = (out / "index.html").read_text()
+    n = QUICK.eval_prompts
+    assert "id='summary'" in page and "Training loss" in page
+    assert page.count("<div class='cell") == n  # caption -> image grid: each prompt once
+    assert page.count("<div class='story'>") == QUICK.stories
+    sources = re.findall(r"<img[^>]* src='([^']+)'", page)
+    assert len(sources) >= 2 * n + 2  # grid, caption table, loss plot, reconstructions (and the stories)
+    for src in sources:  # every image inline and decodable
+        assert src.startswith("data:image/png;base64,")
+        PILImage.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).load()
+
+
+def _chromium():
+    """(chromium, chromedriver) paths with selenium importable; None (why) when something is missing."""
+    paths = [shutil.which(p) for p in ("chromium", "chromedriver")]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return None, "selenium is not installed"
+    return (paths, "") if all(paths) else (None, "chromium / chromedriver are not installed (apt-get install "
+                                                  "chromium chromium-driver)")
+
+
+def test_page_renders_in_headless_chromium(quick_demo):
+    paths, why = _chromium()
+    if paths is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires the headless-browser check: {why}")
+        pytest.skip(f"headless Chromium check skipped: {why}")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = paths[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(paths[1]))
+    try:
+        driver.get((quick_demo[0] / "index.html").resolve().as_uri())
+        summary = driver.execute_script("return document.getElementById('summary').textContent")
+        total, decoded = driver.execute_script(
+            "const imgs = [...document.images]; "
+            "return [imgs.length, imgs.filter(i => i.complete && i.naturalWidth > 0).length]")
+    finally:
+        driver.quit()
+    assert summary == "Summary" and total >= 2 * QUICK.eval_prompts + 2 and decoded == total
+
+
 def test_demo_is_deterministic(tmp_path):
-    cfg = DemoConfig.quick(str(tmp_path / "a"))
-    a = run(cfg)
+    a = run(DemoConfig.quick(str(tmp_path / "a")))
     b = run(DemoConfig.quick(str(tmp_path / "b")))
-    assert (a.text_to_image_accuracy, a.image_to_caption_accuracy) == (b.text_to_image_accuracy,
-                                                                       b.image_to_caption_accuracy)
+    assert (a.text_to_image_accuracy, a.image_to_caption_accuracy, a.guidance) == (
+        b.text_to_image_accuracy, b.image_to_caption_accuracy, b.guidance)
     wa = fusion.load(tmp_path / "a" / "checkpoint", device="cpu").model.state_dict()
     wb = fusion.load(tmp_path / "b" / "checkpoint", device="cpu").model.state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -21,7 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(replace(cfg, seed=args.seed, progress=sys.stderr.isatty()))
     total = sum(report.seconds.values())
     print(f"\nfusion demo ({total:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in report.seconds.items()) + ")")
-    print(f"  text -> image  oracle accuracy (colour + shape): {report.text_to_image_accuracy:6.1%}")
+    print(f"  text -> image  oracle accuracy (colour + shape): {report.text_to_image_accuracy:6.1%}  "
+          f"(guidance scale {report.best_guidance_scale}, chosen on validation prompts)")
+    print("  guidance scale -> held-out accuracy: " + ", ".join(f"{s}: {a['test']:.1%}"
+                                                                for s, a in report.guidance.items()))
     print(f"  image -> text  caption accuracy (colour + shape): {report.image_to_caption_accuracy:6.1%}")
     print(f"  documents: {Path(args.out) / 'index.html'}   checkpoint: {Path(args.out) / 'checkpoint'}")
     return 0
