@@ -73,7 +73,7 @@ def _chromium():
                                                   "chromium chromium-driver)")
 
 
-def test_page_renders_in_headless_chromium(quick_demo):
+def test_page_renders_in_headless_chromium(quick_demo, tmp_path):
     paths, why = _chromium()
     if paths is None:
         if os.environ.get("CI") == "true":
@@ -86,7 +86,8 @@ def test_page_renders_in_headless_chromium(quick_demo):
     options = Options()
     options.binary_location = paths[0]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync"):
+                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+                f"--user-data-dir={tmp_path / 'profile'}"):
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(paths[1]))
     try:
