@@ -44,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch.distributed as dist
 
-    from fusion.data.mixture import training_docs
+    from fusion.data.mixture import record_mixture, training_docs
     from fusion.train.distributed import init_distributed, prepare_on_main
     from fusion.train.loop import Trainer
     from fusion.train.packing import PackedDataset
@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     train_docs, eval_docs, shares = training_docs(_tokens_dir(args), args.eval_fraction, seed=cfg.seed)
     if info.is_main:
         log.info("%s", _mixture_text(shares))
+        record_mixture(_tokens_dir(args), shares)
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id,
                   rank=info.rank, world_size=info.world_size)
     train_data = PackedDataset(train_docs, seed=cfg.seed, **common)
@@ -96,22 +97,27 @@ def _model_and_tokenizer(args, seed: int):
     return Transformer(ModelConfig.preset(args.preset, tokenizer.vocab)), tokenizer
 
 
+def _pretokenized(args) -> bool:
+    """The data is one folder a corpus was tokenized into (not a corpus to tokenize)."""
+    from fusion.data.mixture import is_tokenized
+
+    return len(args.data) == 1 and is_tokenized(args.data[0])
+
+
 def _tokens_dir(args) -> Path:
     """A tokenized corpus given as the data, else ``--out/tokens``."""
     from fusion.checkpoint import TOKENS
-    from fusion.data.mixture import is_tokenized
 
-    return Path(args.data[0]) if len(args.data) == 1 and is_tokenized(args.data[0]) else Path(args.out) / TOKENS
+    return Path(args.data[0]) if _pretokenized(args) else Path(args.out) / TOKENS
 
 
 def _tokenize(args, cfg: TrainConfig, tokenizer, device) -> None:
     """Tokenize the corpus into ``--out/tokens`` (finished shards are kept); rank 0 only."""
     import torch
 
-    from fusion.checkpoint import TOKENS
     from fusion.data import tokenize
 
-    if _tokens_dir(args) != Path(args.out) / TOKENS:
+    if _pretokenized(args):
         return
     if torch.cuda.is_available() and isinstance(tokenizer.image, torch.nn.Module):
         tokenizer.image.to(device)  # batched VQ encoding on the GPU

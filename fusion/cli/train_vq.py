@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     corpus = CorpusImages(corpus_spec(args))
     _, metrics = train_vq(cfg, corpus, args.out, tokenizer=tokenizer, device=device)
     print(json.dumps(metrics, indent=2))
-    print(corpus.report.summary("train-vq corpus"))
+    if corpus.report.rows:  # the synthetic world is rendered, not read
+        print(corpus.report.summary("train-vq corpus"))
     write_corpus_report(args.out, corpus.spec, corpus.report)
     return 0

@@ -101,14 +101,15 @@ class ImageCache:
 
 def fetch(url: str, cfg: FetchConfig) -> bytes:
     """The URL's bytes, retrying transient failures with exponential backoff; raises FetchFailed."""
-    for attempt in range(cfg.retries + 1):
+    attempt = 0
+    while True:
         try:
             return _get(url, cfg)
         except FetchFailed as e:
             if e.permanent or attempt == cfg.retries:
                 raise
-            time.sleep(cfg.backoff_s * 2**attempt)
-    raise AssertionError("unreachable")
+        time.sleep(cfg.backoff_s * 2**attempt)
+        attempt += 1
 
 
 def _get(url: str, cfg: FetchConfig) -> bytes:
@@ -191,7 +192,8 @@ class Fetcher:
         try:
             data = fetch(url, self.cfg)
         except FetchFailed as e:
-            self.cache.store_failure(url, str(e), permanent=e.permanent)
+            if e.reached:  # when no server answered, the failure says nothing about the URL
+                self.cache.store_failure(url, str(e), permanent=e.permanent)
             return str(e), e.reached
         self.cache.store(url, data)
         return None, True

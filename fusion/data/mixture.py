@@ -18,7 +18,7 @@ import numpy as np
 
 from fusion.data.report import CORPUS_FILE
 from fusion.data.shards import SHARD_GLOB, TokenDocs
-from fusion.files import read_json
+from fusion.files import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,13 @@ def training_docs(folder: str | os.PathLike, eval_fraction: float, *,
     pairs = [d.split(eval_fraction) for d in docs]
     train, shares = mix([p[0] for p in pairs], weights, names, seed=seed)
     return train, TokenDocs.concat([p[1] for p in pairs]), shares
+
+
+def record_mixture(folder: str | os.PathLike, shares: list[dict]) -> None:
+    """Add the realised mixture to a tokenized corpus's ``corpus.json`` (the run's data metadata)."""
+    path = Path(folder) / CORPUS_FILE
+    if path.is_file():
+        write_json(path, {**read_json(path), "mixture": shares})
 
 
 def is_tokenized(folder: str | os.PathLike) -> bool:

@@ -91,9 +91,10 @@ class IngestReport:
         report.examples = {k: list(v) for k, v in d["examples"].items()}
         return report
 
-    def summary(self, title: str, unit: str = "rows") -> str:
-        """A few lines for the end of a run: what was read and kept, then each cause with its count and examples."""
-        lines = [f"{title}: {self.rows} {unit} read, {self.kept} kept"]
+    def summary(self, title: str) -> str:
+        """A few lines for the end of a run: rows read, items kept (documents, texts or images), then each cause
+        with its count and an example."""
+        lines = [f"{title}: {self.rows} rows read, {self.kept} kept"]
         for heading, counter in (("skipped", self.skipped), ("kept after a fix", self.repaired)):
             for cause, n in counter.most_common():
                 lines.append(f"  {heading}: {cause}: {n}  (e.g. {self.examples[cause][0]})")

@@ -61,7 +61,7 @@ def tokenize_corpus(spec: CorpusSpec | str | Sequence[str], tokenizer: MixedToke
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = tokenizer_fingerprint(tokenizer)
-    opener = ImageOpener(spec, tokenizer.image, fetch=fetch, progress=progress)
+    opener = ImageOpener(spec, tokenizer.image, fetch=fetch)  # the rows bar shows progress; no nested bars
     records = []
     with logging_redirect_tqdm():
         for source in spec.sources:

@@ -67,7 +67,16 @@ def test_one_data_argument_trains_bpe_vq_and_decoder(tmp_path, http_server, caps
     assert [r["report"]["skipped"] for r in corpus["sources"]] == [
         {"invalid JSON": 1, "null value": 1}, {"image URL failed": 1}, {"image undecodable": 1}]
     assert [r["documents"] for r in corpus["sources"]] == [6, 4, 5]
+    shares = corpus["mixture"]  # the realised mixture: every source once (no weights), the eval documents held out
+    assert [r["repeats"] for r in shares] == [1, 1, 1] and abs(sum(r["token_share"] for r in shares) - 1) < 1e-9
     printed = capsys.readouterr().out
     assert "skipped: image URL failed: 1" in printed and "skipped: image undecodable: 1" in printed
     assert "skipped: invalid JSON: 1" in printed and "mixture: " in printed
     assert (run / "step_0000002" / "manifest.json").is_file()
+
+    # the tokenized folder is itself a data argument: no corpus is read again
+    again = tmp_path / "again"
+    assert train.main([str(run / "tokens"), "--checkpoint", str(run), "--out", str(again), "--steps", "1",
+                       "--warmup", "0", "--seq-len", "32", "--batch-size", "2", "--eval-fraction", "0.2",
+                       "--no-progress"]) == 0
+    assert not (again / "tokens").exists() and (again / "step_0000001" / "manifest.json").is_file()

@@ -92,7 +92,7 @@ def test_memory_is_bounded_one_decoded_image_at_a_time(tokenizer, tmp_path, monk
     for i in range(6):
         PILImage.fromarray(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg")
     rows = [{"segments": [{"text": f"row {r}"}, {"image": f"{r % 6}.jpg"}, {"image": f"{(r + 1) % 6}.jpg"}]}
-            for r in range(30)]
+            for r in range(20)]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     live, peak = [0], [0]
@@ -108,8 +108,8 @@ def test_memory_is_bounded_one_decoded_image_at_a_time(tokenizer, tmp_path, monk
     monkeypatch.setattr(opener_module, "load_image", counted)
     corpus = tokenize_corpus([str(tmp_path / "docs.jsonl")], tokenizer, tmp_path / "tok", docs_per_shard=1000,
                              image_batch=4, progress=False)
-    assert corpus["sources"][0]["documents"] == 30 and live[0] == 0
-    assert peak[0] == 1  # 60 images in one shard, never two full-size ones alive at once
+    assert corpus["sources"][0]["documents"] == 20 and live[0] == 0
+    assert peak[0] == 1  # 40 images in one shard, never two full-size ones alive at once
 
 
 def _docs(lengths, first):

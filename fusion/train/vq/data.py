@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image as PILImage
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from fusion.data.opener import ImageOpener, corpus_images
 from fusion.data.report import IngestReport
@@ -68,13 +70,16 @@ def image_column(dataset, column: str | None) -> str:
     return found[0]
 
 
-def corpus_pixels(corpus: CorpusImages, tokenizer: ImageTokenizer) -> torch.Tensor:
+def corpus_pixels(corpus: CorpusImages, tokenizer: ImageTokenizer, *, progress: bool = True) -> torch.Tensor:
     """Every usable image of the corpus as uint8 [N, 3, R, R], streamed; an error when none is usable."""
     if corpus.spec.weighted:
         log.info("mixture weights shape the decoder's training data; the VQ tokenizer reads every image once")
-    opener = ImageOpener(corpus.spec, tokenizer)
-    pixels = [np.asarray(im, dtype=np.uint8) for im in corpus_images(corpus.spec, opener, corpus.report)]
-    log.info("%s", corpus.report.summary("VQ training images", unit="rows"))
+    opener = ImageOpener(corpus.spec, tokenizer, progress=progress)
+    with logging_redirect_tqdm():
+        images = tqdm(corpus_images(corpus.spec, opener, corpus.report), desc="train-vq: reading", unit="image",
+                      disable=not progress)
+        pixels = [np.asarray(im, dtype=np.uint8) for im in images]
+    log.info("%s", corpus.report.summary("VQ training images"))
     if not pixels:
         raise ValueError("the corpus has no usable image:\n" + corpus.report.summary("images"))
     return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()
@@ -118,7 +123,7 @@ def build_sets(cfg: VQTrainConfig, tokenizer: ImageTokenizer, source) -> tuple[I
         return (ImageSet.build(tokenizer, [render(s, r) for s in train], train),
                 ImageSet.build(tokenizer, [render(s, r) for s in held], held))
     if isinstance(source, CorpusImages):
-        pixels = corpus_pixels(source, tokenizer)
+        pixels = corpus_pixels(source, tokenizer, progress=cfg.progress)
     else:
         pixels = ImageSet.build(tokenizer, load_images(source)).pixels
     if len(pixels) < 2:
