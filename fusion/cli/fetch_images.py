@@ -12,7 +12,7 @@ from fusion.data.fetch import FetchConfig
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fusion fetch-images", description=__doc__.splitlines()[0])
-    add_data_args(ap)
+    add_data_args(ap, skip=("fetch",))
     add_config_flags(ap, FetchConfig)
     args = ap.parse_args(argv)
 

@@ -45,8 +45,9 @@ class TokenizeOptions:
     """How a corpus is cut into shards and batched through the tokenizers (``tokenize_corpus``'s keywords)."""
 
     docs_per_shard: int = field(default=4096, metadata={"help": "raw rows per token shard (the unit of resuming)"})
-    image_batch: int = field(default=16, metadata={"help": "images VQ-encoded at once (bounds the memory of "
-                                                            "tokenizing, with the decoded-image count of 1)"})
+    image_batch: int = field(default=16, metadata={"help": "images VQ-encoded at once; with one full-size image "
+                                                            "decoded at a time, this bounds tokenizing's memory "
+                                                            "(lower it for large VQ presets on a CPU)"})
 
 
 def tokenize_corpus(spec: CorpusSpec | str | Sequence[str], tokenizer: MixedTokenizer, out_dir: str | os.PathLike,
