@@ -93,13 +93,13 @@ def _tokenize_source(source: Source, folder: Path, tokenizer: MixedTokenizer, op
         return read_json(folder / SOURCE_DONE)
     folder.mkdir(parents=True, exist_ok=True)
     lines, logged = IngestReport(), set()  # ``lines``: the reader's repairs of the row it just yielded
-    builder, k = None, -1
+    builder, k, finished = None, -1, IngestReport()  # ``finished``: the counts of the shards written so far
     bar = tqdm(desc=f"tokenize {source.name}", unit="row", disable=not progress, dynamic_ncols=True)
     try:
         for i, (where, raw) in enumerate(read_rows(source, lines)):
             if i // docs_per_shard != k:  # a new shard starts
                 if builder is not None:
-                    builder.finish()
+                    finished.merge(builder.finish())
                 k = i // docs_per_shard
                 done = (folder / shard_name(k) / META_FILE).is_file()
                 builder = None if done else _ShardBuilder(folder / shard_name(k), tokenizer, opener, source,
@@ -107,8 +107,8 @@ def _tokenize_source(source: Source, folder: Path, tokenizer: MixedTokenizer, op
             if builder is not None:
                 builder.report.merge(lines)
                 builder.add(where, raw)
-                bar.set_postfix(kept=builder.report.kept, skipped=sum(builder.report.skipped.values()),
-                                refresh=False)
+                bar.set_postfix(kept=finished.kept + builder.report.kept, refresh=False,
+                                skipped=sum(finished.skipped.values()) + sum(builder.report.skipped.values()))
             lines.clear()
             bar.update(1)
         if builder is not None:
@@ -174,11 +174,13 @@ class _ShardBuilder:
             self.report.kept += 1
         self.docs.clear()
 
-    def finish(self) -> None:
+    def finish(self) -> IngestReport:
+        """Encode what is pending and write the shard; returns its report."""
         self._open_rows()
         self._encode()
         self.writer.finish({"vocab": self.tokenizer.vocab.to_dict(), "rows": self.report.rows,
                             "report": self.report.to_dict()})
+        return self.report
 
 
 def _encode(tokenizer: MixedTokenizer, docs: list[tuple[str, Document]], report: IngestReport) -> list[torch.Tensor]:
