@@ -1,8 +1,11 @@
 """Interleaved documents: an ordered list of Text and Image segments, with JSONL and OBELICS-style I/O.
 
 JSONL holds one document a line: ``{"segments": [{"text": "..."}, {"image": "path or data:image/...;base64,..."}]}``.
-Relative image paths resolve against the JSONL file's folder. OBELICS-style rows are ``{"texts": [...],
-"images": [...]}`` of equal length where each position holds exactly one non-None entry.
+Relative image paths resolve against the JSONL file's folder. Rows come in four shapes (``row_parts``): our
+``segments``; OBELICS-style ``{"texts": [...], "images": [...]}`` of equal length where each position holds
+exactly one non-None entry; an image-caption pair ``{"image": ..., "caption" or "text": ...}``; and a text row
+``{"text": ...}``. A bad row raises ``DocumentError`` naming the row, whose ``cause`` says what kind of problem
+it is (ingestion counts skipped rows by it).
 """
 
 from __future__ import annotations
@@ -17,11 +20,10 @@ from pathlib import Path
 from PIL import Image as PILImage
 
 from fusion.files import atomic_path
-from fusion.images import ImageError, open_image, to_data_uri
+from fusion.images import ImageError, open_image, png_ready, to_data_uri
+from fusion.rows import IMAGE_URL, INVALID_JSON, DocumentError, Part, is_url, row_parts
 
-
-class DocumentError(ValueError):
-    """A document or row that cannot be read; the message names the row."""
+__all__ = ["Document", "DocumentError", "Image", "Segment", "Text", "read_jsonl", "write_html", "write_jsonl"]
 
 
 @dataclass(frozen=True)
@@ -96,50 +98,31 @@ class Document:
                              for s in self.segments]}
 
     @classmethod
+    def from_row(cls, row: dict, *, base_dir: str | os.PathLike | None = None, where: str = "row") -> Document:
+        """A row of any shape (``fusion.rows``) -> Document, its images opened (relative paths from ``base_dir``)."""
+        parts, _ = row_parts(row, where)
+        return cls.from_parts(parts, base_dir=base_dir, where=where)
+
+    @classmethod
+    def from_parts(cls, parts: Sequence[Part], *, base_dir: str | os.PathLike | None = None,
+                   where: str = "row") -> Document:
+        """Checked ("text", str) / ("image", ref) parts -> Document; an image that cannot be opened raises."""
+        return cls([Text(v) if kind == "text" else Image(_open(v, base_dir, f"{where}, part {i}"))
+                    for i, (kind, v) in enumerate(parts)])
+
+    @classmethod
     def from_json(cls, row: dict, *, base_dir: str | os.PathLike | None = None, where: str = "row") -> Document:
-        if not isinstance(row, dict) or not isinstance(row.get("segments"), list):
+        """Our JSONL row ``{"segments": [...]}``."""
+        if not isinstance(row, dict) or "segments" not in row:
             raise DocumentError(f"{where}: expected an object with a 'segments' list")
-        segs: list[Segment] = []
-        for i, seg in enumerate(row["segments"]):
-            if not isinstance(seg, dict) or len(seg) != 1 or next(iter(seg)) not in ("text", "image"):
-                raise DocumentError(f"{where}, segment {i}: expected {{'text': ...}} or {{'image': ...}}, "
-                                    f"got {seg!r:.80}")
-            if "text" in seg:
-                if not isinstance(seg["text"], str):
-                    raise DocumentError(f"{where}, segment {i}: text must be a string")
-                segs.append(Text(seg["text"]))
-            else:
-                segs.append(Image(_open(seg["image"], base_dir, f"{where}, segment {i}")))
-        doc = cls(segs)
-        if doc.is_empty():
-            raise DocumentError(f"{where}: the document is empty")
-        return doc
+        return cls.from_row(row, base_dir=base_dir, where=where)
 
     @classmethod
     def from_obelics(cls, row: dict, *, base_dir: str | os.PathLike | None = None, where: str = "row") -> Document:
-        """An OBELICS-style row: parallel ``texts`` / ``images`` lists, one non-None entry per position.
-
-        Image entries may be PIL images (as ``datasets`` decodes them), paths, data URIs or bytes.
-        """
-        texts, images = row.get("texts"), row.get("images")
-        if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
-            raise DocumentError(f"{where}: 'texts' and 'images' must be lists of equal length")
-        segs: list[Segment] = []
-        for i, (t, im) in enumerate(zip(texts, images, strict=True)):
-            if (t is None) == (im is None):
-                raise DocumentError(f"{where}, position {i}: exactly one of texts[{i}] / images[{i}] must be set")
-            if t is not None:
-                segs.append(Text(t))
-            elif isinstance(im, PILImage.Image):
-                segs.append(Image(im))
-            else:
-                if isinstance(im, dict):  # datasets' undecoded Image feature
-                    im = im.get("bytes") or im.get("path")
-                segs.append(Image(_open(im, base_dir, f"{where}, position {i}")))
-        doc = cls(segs)
-        if doc.is_empty():
-            raise DocumentError(f"{where}: the document is empty")
-        return doc
+        """An OBELICS-style row: parallel ``texts`` / ``images`` lists, one non-None entry per position."""
+        if not isinstance(row, dict) or "texts" not in row:
+            raise DocumentError(f"{where}: expected an object with 'texts' and 'images' lists")
+        return cls.from_row(row, base_dir=base_dir, where=where)
 
     def to_obelics(self) -> dict:
         return {"texts": [s.text if isinstance(s, Text) else None for s in self.segments],
@@ -165,7 +148,7 @@ class Document:
                 lines.append(s.text)
             else:
                 name = f"image_{n:03d}.png"
-                s.image.save(directory / name)
+                png_ready(s.image).save(directory / name)
                 lines.append(f"![image {n}]({name})")
                 n += 1
         out = directory / "document.md"
@@ -175,10 +158,15 @@ class Document:
 
 
 def _open(source, base_dir, where: str) -> PILImage.Image:
+    if isinstance(source, PILImage.Image):
+        return source
+    if is_url(source):
+        raise DocumentError(f"{where}: {source} is a URL; read the corpus through fusion.data, which fetches image "
+                            f"URLs into a cache (or run `fusion fetch-images CORPUS --cache DIR` first)", IMAGE_URL)
     try:
         return open_image(source, base_dir=base_dir)
     except ImageError as e:
-        raise DocumentError(f"{where}: {e}") from None
+        raise DocumentError(f"{where}: {e}", e.cause) from None
 
 
 def _html_page(title: str, docs: Sequence[Document], captions: Sequence[str] | None = None) -> str:
@@ -209,21 +197,25 @@ def write_html(path: str | os.PathLike, docs: Sequence[Document], *, title: str 
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[Document]:
-    """Yield documents from a JSONL file; a bad line raises DocumentError naming its line number."""
+    """Yield documents from a JSONL file (rows of any shape); a bad line raises DocumentError naming its line.
+
+    Strict: one bad line stops the reading. ``fusion.data`` reads corpora leniently (bad rows skipped, counted).
+    """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DocumentError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DocumentError(f"{where}: invalid JSON ({e.msg})") from None
-            if isinstance(row, dict) and "texts" in row:
-                yield Document.from_obelics(row, base_dir=path.parent, where=where)
-            else:
-                yield Document.from_json(row, base_dir=path.parent, where=where)
+                raise DocumentError(f"{where}: invalid JSON ({e.msg})", INVALID_JSON) from None
+            yield Document.from_row(row, base_dir=path.parent, where=where)
 
 
 def write_jsonl(path: str | os.PathLike, docs: Iterable[Document]) -> int:

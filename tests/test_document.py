@@ -76,7 +76,7 @@ def test_bad_rows_name_the_line(tmp_path, line, message):
 def test_corrupt_image_in_row_names_row(tmp_path):
     (tmp_path / "c.png").write_bytes(b"\x89PNG garbage")
     (tmp_path / "d.jsonl").write_text(json.dumps({"segments": [{"image": "c.png"}]}) + "\n")
-    with pytest.raises(DocumentError, match=r"d.jsonl:1, segment 0: cannot decode"):
+    with pytest.raises(DocumentError, match=r"d.jsonl:1, part 0: cannot decode"):
         list(read_jsonl(tmp_path / "d.jsonl"))
 
 
@@ -90,3 +90,27 @@ def test_html_and_markdown_hold_the_images(tmp_path):
     assert PILImage.open(tmp_path / "md" / "image_000.png").tobytes() == _img().tobytes()
     write_html(tmp_path / "many.html", [doc, doc], captions=["one", "two"])
     assert (tmp_path / "many.html").read_text().count("<img") == 2
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "LA", "I;16", "I", "F", "YCbCr", "PA"])
+def test_documents_of_any_image_mode_can_be_written(tmp_path, mode):
+    """A prompt image of any mode kept in an output document: HTML, JSON rows and Markdown all work."""
+    from fusion.images import png_ready, to_rgb
+
+    image = _img((10, 120, 240), (7, 5)).convert(mode) if mode != "I;16" else PILImage.new("I;16", (7, 5), 4000)
+    doc = Document.of("before", image, "after")
+    assert doc.to_html(tmp_path / "d.html").count("<img src='data:image/png;base64,") == 1
+    back = Document.from_json(json.loads(json.dumps(doc.to_json())))
+    assert back.texts == ["before", "after"] and back.images[0].size == (7, 5)
+    assert back.images[0].tobytes() == png_ready(image).tobytes()  # PNG holds the converted image exactly
+    assert to_rgb(back.images[0]).tobytes() == to_rgb(png_ready(image)).tobytes()
+    md = doc.to_markdown(tmp_path / "md")
+    assert PILImage.open(md.parent / "image_000.png").size == (7, 5)
+
+
+def test_url_images_need_the_fetching_reader(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"texts": ["see", None],
+                                                  "images": [None, "https://example.org/a.jpg"]}) + "\n")
+    with pytest.raises(DocumentError, match="is a URL.*fusion fetch-images") as err:
+        list(read_jsonl(tmp_path / "d.jsonl"))
+    assert err.value.cause == "image URL not fetched"

@@ -2,7 +2,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fusion.images import MAX_PIXELS, ImageError, open_image, to_data_uri, to_rgb
+from fusion.images import (
+    IMAGE_MISSING,
+    IMAGE_UNDECODABLE,
+    IMAGE_UNREADABLE,
+    MAX_PIXELS,
+    ImageError,
+    load_image,
+    open_image,
+    to_data_uri,
+    to_rgb,
+)
 
 
 def test_rgba_is_blended_on_white():
@@ -57,3 +67,52 @@ def test_open_paths_data_uris_and_errors(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageError):
         open_image(tmp_path / "cut.png")
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view) comes upright."""
+    stored = Image.new("RGB", (6, 3), (0, 0, 0))
+    stored.putpixel((0, 0), (255, 0, 0))  # top-left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "p.png", exif=exif)
+    upright = open_image(tmp_path / "p.png")
+    assert upright.size == (3, 6)
+    # rotating 90 degrees clockwise moves the stored top-left pixel to the top-right
+    assert upright.getpixel((2, 0)) == (255, 0, 0) and upright.getpixel((0, 0)) == (0, 0, 0)
+    assert np.array_equal(np.asarray(upright), np.rot90(np.asarray(stored), k=-1))
+
+
+def test_animated_image_keeps_its_first_frame_and_says_so(tmp_path):
+    frames = [Image.new("RGB", (8, 8), (200, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 200))]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    image, animated = load_image(tmp_path / "a.gif")
+    assert animated and to_rgb(image).getpixel((4, 4))[0] > 150  # red: frame 0
+    Image.new("RGB", (8, 8)).save(tmp_path / "still.gif")
+    assert load_image(tmp_path / "still.gif")[1] is False
+
+
+@pytest.mark.parametrize("mode, out_mode", [
+    ("1", "1"), ("L", "L"), ("LA", "LA"), ("P", "P"), ("RGB", "RGB"), ("RGBA", "RGBA"), ("I;16", "I;16"),
+    ("CMYK", "RGB"), ("YCbCr", "RGB"), ("LAB", "RGB"), ("HSV", "RGB"), ("PA", "RGBA"), ("RGBa", "RGBA"),
+    ("La", "RGBA"), ("I", "I;16"), ("F", "I;16")])
+def test_every_mode_can_be_written_as_png(mode, out_mode):
+    src = Image.new("RGB", (5, 3), (10, 200, 30))
+    im = Image.fromarray(np.array([[0, 1000, 65535]], dtype=np.uint16)) if mode == "I;16" else src.convert(mode)
+    back = open_image(to_data_uri(im))
+    assert back.mode == out_mode and back.size == im.size
+    if out_mode == mode:  # a mode PNG holds: exact
+        assert back.tobytes() == im.tobytes()
+    else:  # converted: the same picture in RGB
+        assert np.abs(np.asarray(to_rgb(back), np.int16) - np.asarray(to_rgb(im), np.int16)).max() <= 2
+
+
+def test_errors_carry_their_cause(tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    cases = {tmp_path / "missing.png": IMAGE_MISSING, tmp_path / "folder.png": IMAGE_UNREADABLE,
+             tmp_path / "empty.jpg": IMAGE_UNDECODABLE}
+    for path, cause in cases.items():
+        with pytest.raises(ImageError) as err:
+            open_image(path)
+        assert err.value.cause == cause, (path, err.value)

@@ -12,6 +12,8 @@ SUITES: dict[str, tuple[str, str]] = {
     "train": ("fusion.bench.train", "training-step tokens/s and MFU for model presets"),
     "generate": ("fusion.bench.generate", "decode tokens/s and GB/s, one CFG image vs HF, batched text-to-image"),
     "vq": ("fusion.bench.vq", "VQ image tokenizer encode / decode images/s"),
+    "tokenize": ("fusion.bench.tokenize", "corpus tokenization on the CPU: images/s and peak RSS for large JPEGs, "
+                                          "text tokens/s"),
     "cpu": ("fusion.bench.cpu", "CPU: fusion vs HF transformers generation and training tokens/s, next to this "
                                "machine's read-bandwidth and matmul roofs"),
 }

@@ -1,4 +1,4 @@
-"""The ``fusion`` command: demo | train | train-vq | train-bpe | generate | export | convert | bench."""
+"""The ``fusion`` command: demo | train | train-vq | train-bpe | fetch-images | generate | export | convert | bench."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ COMMANDS = {
     "train": "pretrain the decoder on interleaved documents",
     "train-vq": "train the VQ image tokenizer",
     "train-bpe": "train the sentencepiece BPE text tokenizer",
+    "fetch-images": "fetch a corpus's image URLs into the local cache (for offline training)",
     "generate": "generate a mixed text+image document from a prompt",
     "export": "a training run's newest checkpoint as an inference folder (HF sharded safetensors)",
     "convert": "import a local Chameleon / Anole checkpoint (HF or Meta layout), or attach a VQGAN decoder",

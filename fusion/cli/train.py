@@ -1,8 +1,10 @@
-"""``fusion train``: pretrain the decoder on documents (JSONL / parquet / datasets folders / token shards).
+"""``fusion train``: pretrain the decoder on a corpus (or a folder it was tokenized into).
 
 One process: ``fusion train ...``; several: ``torchrun --nproc_per_node N -m fusion.train ...`` (FSDP2 or DDP).
 ``--batch-size`` is global (split over the processes). Run the same command again to resume from the newest
 complete checkpoint in ``--out``, on any number of processes; a larger ``--steps`` extends a finished run.
+The corpus is tokenized first (rank 0, into ``--out/tokens``; finished shards are kept, other data or tokenizers
+get fresh ones); mixture weights set each source's share of the training tokens.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from fusion.cli.corpus_args import add_data_args, corpus_spec
 from fusion.cli.flags import add_config_flags, config_overrides
+from fusion.data.tokenize import TokenizeOptions
 from fusion.train.config import TRAIN_PRESETS, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -20,8 +24,7 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fusion train", description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="*", help="document files/folders, or a folder of token shards (shard_NNNNN/)")
-    ap.add_argument("--synthetic", type=int, default=0, metavar="N", help="train on N synthetic-world documents")
+    add_data_args(ap, help_suffix=", or a folder the corpus was tokenized into")
     ap.add_argument("--checkpoint", help="start from this checkpoint folder, or a run folder's newest checkpoint")
     ap.add_argument("--text-model", help="a trained text.model, or its folder (with --vq, for a fresh model)")
     ap.add_argument("--vq", help="a trained VQ folder (vq.safetensors + vq.json)")
@@ -29,19 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="runs/train", help="run folder: checkpoints, metrics.jsonl, loss.png")
     ap.add_argument("--eval-fraction", type=float, default=0.02, help="documents held out for evaluation")
     add_config_flags(ap, TrainConfig)
+    add_config_flags(ap, TokenizeOptions)
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    if bool(args.data) == bool(args.synthetic):
-        ap.error("give data paths or --synthetic N (one of them)")
     cfg = TrainConfig.preset(args.preset if args.preset in TRAIN_PRESETS else None,
                              **config_overrides(args, TrainConfig))
 
     import torch.distributed as dist
 
+    from fusion.data.mixture import record_mixture, training_docs
     from fusion.train.distributed import init_distributed, prepare_on_main
     from fusion.train.loop import Trainer
     from fusion.train.packing import ConditionDropout, PackedDataset
@@ -49,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     model, tokenizer = _model_and_tokenizer(args, cfg.seed)
     info = init_distributed(timeout_s=cfg.dist_timeout_s)
     # rank 0 tokenizes while the others wait outside the collective timeout (a large corpus takes hours)
-    prepare_on_main(lambda: _tokenize(args, tokenizer, info.device))
-    train_docs, eval_docs = _token_docs(args, tokenizer).split(args.eval_fraction)
+    prepare_on_main(lambda: _tokenize(args, cfg, tokenizer, info.device))
+    train_docs, eval_docs, shares = training_docs(_tokens_dir(args), args.eval_fraction, seed=cfg.seed)
+    if info.is_main:
+        log.info("%s", _mixture_text(shares))
+        record_mixture(_tokens_dir(args), shares)
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id,
                   rank=info.rank, world_size=info.world_size)
     train_data = PackedDataset(train_docs, seed=cfg.seed, condition_dropout=ConditionDropout(
@@ -60,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("no documents held out for evaluation (%d documents, --eval-fraction %s): eval is off",
                     len(train_docs), args.eval_fraction)
     Trainer(cfg, model, tokenizer, train_data, eval_data, args.out, info=info).fit()
+    if info.is_main:
+        _print_report(_tokens_dir(args), shares)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
@@ -90,30 +98,48 @@ def _model_and_tokenizer(args, seed: int):
     return Transformer(ModelConfig.preset(args.preset, tokenizer.vocab)), tokenizer
 
 
-def _tokenize(args, tokenizer, device) -> None:
-    """Tokenize document files into ``--out/tokens/`` shards (finished shards are kept); rank 0 only."""
+def _pretokenized(args) -> bool:
+    """The data is one folder a corpus was tokenized into (not a corpus to tokenize)."""
+    from fusion.data.mixture import is_tokenized
+
+    return len(args.data) == 1 and is_tokenized(args.data[0])
+
+
+def _tokens_dir(args) -> Path:
+    """A tokenized corpus given as the data, else ``--out/tokens``."""
+    from fusion.checkpoint import TOKENS
+
+    return Path(args.data[0]) if _pretokenized(args) else Path(args.out) / TOKENS
+
+
+def _tokenize(args, cfg: TrainConfig, tokenizer, device) -> None:
+    """Tokenize the corpus into ``--out/tokens`` (finished shards are kept); rank 0 only."""
     import torch
 
-    from fusion.checkpoint import TOKENS
-    from fusion.data.shards import SHARD_GLOB, tokenize_corpus
+    from fusion.data import tokenize
 
-    if args.synthetic or (len(args.data) == 1 and any(Path(args.data[0]).glob(SHARD_GLOB))):
+    if _pretokenized(args):
         return
     if torch.cuda.is_available() and isinstance(tokenizer.image, torch.nn.Module):
         tokenizer.image.to(device)  # batched VQ encoding on the GPU
-    tokenize_corpus(args.data, tokenizer, Path(args.out) / TOKENS)
+    tokenize.tokenize_corpus(corpus_spec(args), tokenizer, _tokens_dir(args), progress=cfg.progress,
+                             **config_overrides(args, TokenizeOptions))
 
 
-def _token_docs(args, tokenizer):
-    """Token documents for the run: existing shards, the shards ``_tokenize`` wrote, or the synthetic world."""
-    from fusion.checkpoint import TOKENS
-    from fusion.data.shards import SHARD_GLOB, TokenDocs
+def _print_report(folder: Path, shares: list[dict]) -> None:
+    """The end-of-run data report: what reading the corpus skipped and why, and the realised mixture."""
+    from fusion.data.report import CORPUS_FILE, IngestReport
+    from fusion.files import read_json
 
-    if args.synthetic:
-        from fusion.data.synthetic import SyntheticWorld
+    if (folder / CORPUS_FILE).is_file():
+        corpus = read_json(folder / CORPUS_FILE)
+        for record in corpus["sources"]:
+            print(IngestReport.from_dict(record["report"]).summary(record["source"]["path"]))
+    print(_mixture_text(shares))
 
-        docs = list(SyntheticWorld(seed=0).documents(args.synthetic))
-        return TokenDocs.from_arrays(tokenizer.encode_batch(docs), tokenizer.vocab.size)
-    if len(args.data) == 1 and any(Path(args.data[0]).glob(SHARD_GLOB)):
-        return TokenDocs.from_dir(args.data[0])
-    return TokenDocs.from_dir(Path(args.out) / TOKENS)
+
+def _mixture_text(shares: list[dict]) -> str:
+    """The realised mixture, one line per source."""
+    return "\n".join(f"mixture: {r['source']}: {r['token_share']:.1%} of the training tokens, {r['documents']} "
+                     f"documents (x{r['repeats']:.2f} its tokens)"
+                     + (f", weight {r['weight']}" if r["weight"] is not None else "") for r in shares)

@@ -1,77 +1,86 @@
-"""Corpora as raw rows, and raw rows as Documents: JSONL, parquet, ``datasets`` folders and imagefolders.
+"""A corpus read leniently: each source's raw rows, parsed into text / image parts, bad ones skipped and counted.
 
-Sources are JSONL files (our ``segments`` rows or OBELICS-style ``texts``/``images`` rows), parquet files,
-folders written by ``datasets.save_to_disk`` and image folders with ``metadata.jsonl`` captions. Rows are read
-without decoding images; ``to_document`` decodes one row and names it in any error.
+``read_rows(source, report)`` yields ``(where, raw row)`` without opening images (JSONL lines, parquet / datasets
+rows, text-file lines, synthetic Documents); ``parse_row`` checks a raw row's shape (``fusion.rows``) and returns
+its parts, or None after counting why it was skipped. ``corpus_texts`` is what the BPE trainer reads; documents
+and images (which need the image opener) come from ``fusion.data.opener``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fusion.document import Document, DocumentError
+from fusion.data.report import IngestReport, unknown_key
+from fusion.data.spec import DEFAULT_SYNTHETIC_DOCS, SYNTHETIC, CorpusSpec, Source
+from fusion.document import Document, Text
+from fusion.rows import INVALID_JSON, DocumentError, Part, row_parts
+
+log = logging.getLogger(__name__)
 
 
-def read_rows(source: str | os.PathLike) -> Iterator[tuple[str, Any]]:
-    """Yield ``(where, raw_row)`` without decoding images; ``to_document`` turns a raw row into a Document."""
-    path = Path(source)
-    if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    yield f"{path}:{lineno}", line
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def read_rows(source: Source, report: IngestReport | None = None) -> Iterator[tuple[str, Any]]:
+    """``(where, raw row)`` of one source, images unopened; line-level repairs are counted in ``report``."""
+    from fusion.data import readers
 
-        n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-            for row in batch.to_pylist():
-                n += 1
-                yield f"{path}:row {n}", row
-    elif path.is_dir():
-        yield from _read_hf_dir(path)
+    report = report if report is not None else IngestReport()
+    path = Path(source.path)
+    if source.format == "jsonl":
+        yield from readers.jsonl_rows(path, report)
+    elif source.format == "text":
+        yield from readers.text_rows(path, report)
+    elif source.format == "parquet":
+        yield from readers.parquet_rows(path)
+    elif source.format == SYNTHETIC:
+        from fusion.data.synthetic import SyntheticWorld
+
+        docs = SyntheticWorld(seed=source.seed).documents(source.n or DEFAULT_SYNTHETIC_DOCS)
+        yield from ((f"synthetic:{i}", doc) for i, doc in enumerate(docs))
     else:
-        raise ValueError(f"{path}: unsupported data source (expected .jsonl, .parquet, a datasets "
-                         "save_to_disk folder or an imagefolder with metadata.jsonl)")
+        from fusion.data.hf import hf_rows
+
+        yield from hf_rows(source)
 
 
-def _read_hf_dir(path: Path) -> Iterator[tuple[str, Any]]:
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never reach for the network
-    import datasets
+def parse_row(raw: Any, where: str, report: IngestReport, renames: dict[str, str] | None = None) -> list[Part] | None:
+    """A raw row's checked parts (columns renamed by ``renames`` first); None (counted by cause) when the row
+    cannot be used. Unknown keys are ignored, counted, and logged once per key."""
+    if isinstance(raw, Document):
+        return [("text", s.text) if isinstance(s, Text) else ("image", s.image) for s in raw.segments]
+    try:
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DocumentError(f"{where}: invalid JSON ({e.msg} at column {e.colno})", INVALID_JSON) from None
+        if renames and isinstance(raw, dict):
+            raw = {renames.get(k, k): v for k, v in raw.items()}
+        parts, unknown = row_parts(raw, where)
+    except DocumentError as e:
+        report.skip(e.cause, str(e))
+        return None
+    for key in sorted(unknown):
+        report.repair(unknown_key(key), f"{where}: unknown key {key!r}")
+    return parts
 
-    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-        ds = datasets.load_from_disk(str(path))
-        if isinstance(ds, datasets.DatasetDict):
-            ds = ds["train"]
-    elif (path / "metadata.jsonl").is_file():
-        ds = datasets.load_dataset("imagefolder", data_dir=str(path), split="train")
-    else:
-        raise ValueError(f"{path}: a folder must be a datasets save_to_disk folder or an imagefolder "
-                         "with metadata.jsonl")
-    for i, row in enumerate(ds):
-        yield f"{path}:row {i}", row
+
+def rows_of(spec: CorpusSpec, report: IngestReport) -> Iterator[tuple[Source, str, list[Part]]]:
+    """``(source, where, parts)`` of every usable row of every source, in order; ``report.rows`` counts rows."""
+    for source in spec.sources:
+        for where, raw in read_rows(source, report):
+            report.rows += 1
+            parts = parse_row(raw, where, report, source.renames)
+            if parts is not None:
+                yield source, where, parts
 
 
-def to_document(raw: Any, *, where: str, base_dir: str | os.PathLike | None = None) -> Document:
-    """A raw row (JSON line or dict) -> Document; any problem raises DocumentError naming ``where``."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DocumentError(f"{where}: invalid JSON ({e.msg})") from None
-    if not isinstance(raw, dict):
-        raise DocumentError(f"{where}: expected an object, got {type(raw).__name__}")
-    if "segments" in raw:
-        return Document.from_json(raw, base_dir=base_dir, where=where)
-    if "texts" in raw:
-        return Document.from_obelics(raw, base_dir=base_dir, where=where)
-    caption = raw.get("caption", raw.get("text"))
-    if "image" in raw and isinstance(caption, str):  # an image-caption pair: caption first, then the image
-        return Document.from_obelics({"texts": [caption, None], "images": [None, raw["image"]]},
-                                     base_dir=base_dir, where=where)
-    raise DocumentError(f"{where}: no 'segments', 'texts'/'images' or 'image'/'caption' columns "
-                        f"(keys: {sorted(raw)[:8]})")
+def corpus_texts(spec: CorpusSpec, report: IngestReport) -> Iterator[str]:
+    """The text of each usable row (its text parts joined; images are not opened): a BPE training corpus."""
+    for _, _, parts in rows_of(spec, report):
+        text = "".join(v for kind, v in parts if kind == "text")
+        if text:
+            report.kept += 1
+            yield text

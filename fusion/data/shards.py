@@ -1,13 +1,13 @@
-"""Token shards on disk: a corpus tokenized once into ``shard_NNNNN/`` folders, read back memory-mapped.
+"""Token shards on disk: ``shard_NNNNN/`` folders written as documents arrive, read back memory-mapped.
 
 A shard holds ``tokens.bin`` (flat uint16/uint32), ``offsets.npy`` (document starts, plus the end) and
-``meta.json``; it appears by one atomic rename, so a re-run skips finished shards. Rows that cannot be read or
-tokenized are skipped and counted in the shard's meta.
+``meta.json`` (the vocabulary, counts, and what reading its rows skipped and why); it is built under a temp
+name and appears by one atomic rename, so a killed run leaves only whole shards. ``fusion.data.tokenize``
+writes them; ``TokenDocs`` reads them (and mixes several corpora's by index, see ``fusion.data.mixture``).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -16,104 +16,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fusion.data.corpus import read_rows, to_document
-from fusion.document import Document, DocumentError
 from fusion.files import read_json, write_json
-from fusion.tokenizers.mixed import MixedTokenizer
-
-log = logging.getLogger(__name__)
 
 SHARD_GLOB = "shard_[0-9][0-9][0-9][0-9][0-9]"
-MAX_LOGGED_ERRORS = 20  # per shard; the count in meta.json is always complete
+TOKENS_FILE, OFFSETS_FILE, META_FILE = "tokens.bin", "offsets.npy", "meta.json"
+
+
+def shard_name(k: int) -> str:
+    return f"shard_{k:05d}"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
 
 
-def tokenize_corpus(sources: Sequence[str | os.PathLike], tokenizer: MixedTokenizer, out_dir: str | os.PathLike,
-                    *, docs_per_shard: int = 4096, batch_size: int = 64) -> list[Path]:
-    """Tokenize ``sources`` into ``out_dir/shard_NNNNN/``; finished shards are skipped. Returns all shard dirs.
+class ShardWriter:
+    """One shard built in a temp folder beside it: documents appended as they come, offsets and meta at the end,
+    then one rename (``discard`` drops an unfinished one)."""
 
-    Shard k holds raw rows ``[k * docs_per_shard, (k+1) * docs_per_shard)`` of the concatenated sources, so
-    shard boundaries do not depend on which rows turn out to be corrupt.
-    """
-    if docs_per_shard <= 0 or batch_size <= 0:
-        raise ValueError(f"docs_per_shard and batch_size must be positive, got {docs_per_shard}, {batch_size}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = tokenizer.vocab.to_dict()
-    shards, chunk, k = [], [], 0
+    def __init__(self, shard: Path, vocab_size: int) -> None:
+        self.shard, self.dtype = shard, token_dtype(vocab_size)
+        self.tmp = shard.with_name(f".{shard.name}.tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        self._file = open(self.tmp / TOKENS_FILE, "wb")
+        self.lengths: list[int] = []
 
-    def flush() -> None:
-        nonlocal k
-        shard = out_dir / f"shard_{k:05d}"
-        if (shard / "meta.json").is_file():
-            if read_json(shard / "meta.json")["vocab"] != vocab:
-                raise ValueError(f"{shard} was written with another vocabulary; use a fresh output folder")
-            log.info("%s: already done, skipped", shard)
-        else:
-            _write_shard(shard, chunk, tokenizer, batch_size)
-        shards.append(shard)
-        chunk.clear()
-        k += 1
+    def add(self, tokens: torch.Tensor) -> None:
+        self._file.write(tokens.numpy().astype(self.dtype).tobytes())
+        self.lengths.append(len(tokens))
 
-    for source in sources:
-        base_dir = Path(source).parent
-        for where, raw in read_rows(source):
-            chunk.append((where, raw, base_dir))
-            if len(chunk) == docs_per_shard:
-                flush()
-    if chunk:
-        flush()
-    return shards
+    def finish(self, meta: dict) -> None:
+        """Write offsets and ``meta`` (plus dtype and counts), then rename the shard into place."""
+        self._file.close()
+        offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)]).astype(np.int64)
+        np.save(self.tmp / OFFSETS_FILE, offsets)
+        write_json(self.tmp / META_FILE, {**meta, "dtype": self.dtype.name, "documents": len(self.lengths),
+                                          "tokens": int(offsets[-1])})
+        os.replace(self.tmp, self.shard)
 
-
-def _write_shard(shard: Path, rows: list, tokenizer: MixedTokenizer, batch_size: int) -> None:
-    docs, errors = [], []
-    for where, raw, base_dir in rows:
-        try:
-            docs.append(to_document(raw, where=where, base_dir=base_dir))
-        except DocumentError as e:
-            errors.append(str(e))
-    encoded = []
-    for i in range(0, len(docs), batch_size):
-        encoded += _encode(tokenizer, docs[i:i + batch_size], errors)
-    for msg in errors[:MAX_LOGGED_ERRORS]:
-        log.warning("skipped corrupt row: %s", msg)
-    if errors:
-        log.warning("%s: skipped %d corrupt row(s) of %d", shard.name, len(errors), len(rows))
-    dtype = token_dtype(tokenizer.vocab.size)
-    lengths = np.array([len(t) for t in encoded], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    tokens = torch.cat(encoded).numpy().astype(dtype) if encoded else np.empty(0, dtype)
-
-    tmp = shard.with_name(f".{shard.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        tokens.tofile(tmp / "tokens.bin")
-        np.save(tmp / "offsets.npy", offsets)
-        write_json(tmp / "meta.json", {"vocab": tokenizer.vocab.to_dict(), "dtype": dtype.name,
-                                       "documents": len(encoded), "tokens": int(offsets[-1]), "rows": len(rows),
-                                       "skipped": len(errors), "skipped_examples": errors[:MAX_LOGGED_ERRORS]})
-        os.replace(tmp, shard)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _encode(tokenizer: MixedTokenizer, docs: list[Document], errors: list[str]) -> list[torch.Tensor]:
-    """One batched encode; on failure, document by document so only the bad ones are dropped (and counted)."""
-    try:
-        return tokenizer.encode_batch(docs)
-    except (ValueError, TypeError, OSError):
-        out = []
-        for doc in docs:
-            try:
-                out.append(tokenizer.encode(doc))
-            except (ValueError, TypeError, OSError) as e:
-                errors.append(f"cannot tokenize a document: {e}")
-        return out
+    def discard(self) -> None:
+        self._file.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # -------------------------------------------------------------- token docs
@@ -140,13 +84,13 @@ class TokenDocs:
             raise FileNotFoundError(f"{directory}: no token shards (shard_NNNNN/) found; run tokenize first")
         parts, vocab_size = [], None
         for shard in shards:
-            meta = read_json(shard / "meta.json")
+            meta = read_json(shard / META_FILE)
             if vocab_size not in (None, meta["vocab"]["size"]):
                 raise ValueError(f"{shard}: vocabulary size {meta['vocab']['size']} differs from {vocab_size}")
             vocab_size = meta["vocab"]["size"]
-            tokens = (np.memmap(shard / "tokens.bin", dtype=meta["dtype"], mode="r") if meta["tokens"]
+            tokens = (np.memmap(shard / TOKENS_FILE, dtype=meta["dtype"], mode="r") if meta["tokens"]
                       else np.empty(0, meta["dtype"]))
-            parts.append((tokens, np.load(shard / "offsets.npy")))
+            parts.append((tokens, np.load(shard / OFFSETS_FILE)))
         return cls(parts, vocab_size)
 
     @classmethod
@@ -157,6 +101,27 @@ class TokenDocs:
         flat = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
         return cls([(flat, offsets)], vocab_size)
 
+    @classmethod
+    def concat(cls, many: Sequence[TokenDocs]) -> TokenDocs:
+        """The documents of ``many``, one after the other (their shards shared, not copied)."""
+        sizes = {d.vocab_size for d in many} - {None}
+        if len(sizes) > 1:
+            raise ValueError(f"cannot join token documents of different vocabulary sizes {sorted(sizes)}")
+        index, offset = [], 0
+        for d in many:
+            index.append(d._positions() + offset)
+            offset += int(d._part_start[-1])
+        return cls([p for d in many for p in d.parts], sizes.pop() if sizes else None,
+                   np.concatenate(index) if index else np.empty(0, np.int64))
+
+    def _positions(self) -> np.ndarray:
+        """Which stored documents this selection holds, in order."""
+        return np.arange(int(self._part_start[-1])) if self._index is None else self._index
+
+    def subset(self, picks: np.ndarray) -> TokenDocs:
+        """Documents ``picks`` of this selection, in that order (a document may be picked more than once)."""
+        return TokenDocs(self.parts, self.vocab_size, self._positions()[np.asarray(picks, dtype=np.int64)])
+
     def split(self, eval_fraction: float) -> tuple[TokenDocs, TokenDocs]:
         """(train, held-out) by document: every ``round(1 / eval_fraction)``-th document is held out."""
         if not 0 < eval_fraction < 1:
@@ -164,9 +129,7 @@ class TokenDocs:
         every = max(2, round(1 / eval_fraction))
         held = np.zeros(len(self), dtype=bool)
         held[every - 1::every] = True
-        base = np.arange(len(self)) if self._index is None else self._index
-        return (TokenDocs(self.parts, self.vocab_size, base[~held]),
-                TokenDocs(self.parts, self.vocab_size, base[held]))
+        return self.subset(np.flatnonzero(~held)), self.subset(np.flatnonzero(held))
 
     def __len__(self) -> int:
         return len(self.lengths)

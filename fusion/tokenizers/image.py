@@ -7,6 +7,7 @@ taming's names (``taming.py`` maps the codebook), so Meta's, HF Chameleon's and 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ from fusion.tokenizers.vqgan import Decoder, Encoder
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 _RANGE_SLACK = 1e-3  # pixel tensors may overshoot [-1, 1] by float rounding, not more
+MOSTLY_DROPPED = 0.5  # a crop keeping less than this share of an image is worth a warning
+log = logging.getLogger(__name__)
 
 
 class ImageTokenizer(nn.Module):
@@ -68,14 +71,25 @@ class ImageTokenizer(nn.Module):
 
     # ---------------------------------------------------------------- pixels
 
+    def prepare(self, image: PILImage.Image) -> PILImage.Image:
+        """One PIL image of any mode/size -> RGB R x R by the config's ``resize`` policy (bicubic, antialiased):
+        ``crop`` scales the shortest side to R and keeps the centre, ``pad`` scales the longest and pads with white."""
+        if not isinstance(image, PILImage.Image):
+            raise TypeError(f"expected a PIL image, got {type(image).__name__}")
+        return _square(to_rgb(image), self.resolution, self.cfg.resize)
+
     def preprocess(self, images: Sequence[PILImage.Image]) -> torch.Tensor:
-        """PIL images of any mode/size -> [B, 3, R, R] in [-1, 1]: RGB, shortest side to R (bicubic), centre crop."""
+        """PIL images of any mode/size -> [B, 3, R, R] in [-1, 1] (``prepare`` each); a crop that drops most of an
+        image is logged."""
         r = self.resolution
         out = np.empty((len(images), r, r, 3), dtype=np.uint8)
         for i, image in enumerate(images):
             if not isinstance(image, PILImage.Image):
                 raise TypeError(f"image {i} is a {type(image).__name__}, expected a PIL image")
-            out[i] = np.asarray(_square(to_rgb(image), r))
+            if kept_fraction(image.size, self.cfg.resize) < MOSTLY_DROPPED:
+                log.warning("image %d (%dx%d): the centre crop keeps %.0f%% of it (resize='pad' keeps all)", i,
+                            *image.size, 100 * kept_fraction(image.size, self.cfg.resize))
+            out[i] = np.asarray(self.prepare(image))
         return torch.from_numpy(out).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
     def _pixels(self, images: Sequence[PILImage.Image] | torch.Tensor) -> torch.Tensor:
@@ -232,16 +246,28 @@ class ImageTokenizer(nn.Module):
 
 
 
-def _square(image: PILImage.Image, r: int) -> PILImage.Image:
-    """Resize the shortest side to ``r`` (bicubic, antialiased when shrinking) and centre-crop to r x r."""
+def kept_fraction(size: tuple[int, int], resize: str) -> float:
+    """The share of an image's pixels that survive the ``resize`` policy (a centre crop keeps short / long)."""
+    w, h = size
+    return min(w, h) / max(w, h) if resize == "crop" else 1.0
+
+
+def _square(image: PILImage.Image, r: int, resize: str) -> PILImage.Image:
+    """RGB image -> r x r: ``crop`` scales the shortest side to ``r`` and centre-crops, ``pad`` scales the longest
+    side to ``r`` and centres it on white (bicubic, antialiased when shrinking)."""
     w, h = image.size
     if (w, h) == (r, r):
         return image
-    s = r / min(w, h)
-    nw, nh = max(r, round(w * s)), max(r, round(h * s))
-    image = image.resize((nw, nh), PILImage.BICUBIC)
-    left, top = (nw - r) // 2, (nh - r) // 2
-    return image.crop((left, top, left + r, top + r))
+    s = r / (min(w, h) if resize == "crop" else max(w, h))
+    nw, nh = round(w * s), round(h * s)
+    if resize == "crop":
+        nw, nh = max(r, nw), max(r, nh)
+        left, top = (nw - r) // 2, (nh - r) // 2
+        return image.resize((nw, nh), PILImage.BICUBIC).crop((left, top, left + r, top + r))
+    nw, nh = max(1, nw), max(1, nh)
+    canvas = PILImage.new("RGB", (r, r), (255, 255, 255))
+    canvas.paste(image.resize((nw, nh), PILImage.BICUBIC), ((r - nw) // 2, (r - nh) // 2))
+    return canvas
 
 
 def to_pil(pixels: torch.Tensor) -> list[PILImage.Image]:

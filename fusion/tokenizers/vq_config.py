@@ -12,6 +12,8 @@ from pathlib import Path
 
 from fusion.presets import pick_preset
 
+RESIZE_POLICIES = ("crop", "pad")
+
 
 @dataclass(frozen=True)
 class VQConfig:
@@ -39,6 +41,10 @@ class VQConfig:
     kmeans_init: bool = False
     threshold_ema_dead_code: float = 0.0                # re-seed codes whose EMA usage falls below this
     commitment_weight: float = 0.25                     # beta
+    # Preprocessing: how an image that is not square becomes resolution x resolution. "crop" resizes the
+    # shortest side to the resolution and keeps the centre (Chameleon's tokenizer); "pad" resizes the longest
+    # side and pads the rest with white, keeping every pixel (extreme aspect ratios: panoramas, receipts).
+    resize: str = "crop"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_multiplier", tuple(self.channel_multiplier))
@@ -50,6 +56,8 @@ class VQConfig:
         widths = [self.base_channels * m for m in self.channel_multiplier]
         if any(w % self.norm_groups for w in widths) or self.base_channels % self.norm_groups:
             raise ValueError(f"norm_groups={self.norm_groups} must divide every channel count {widths}")
+        if self.resize not in RESIZE_POLICIES:
+            raise ValueError(f"resize must be one of {RESIZE_POLICIES}, got {self.resize!r}")
         if self.num_embeddings < 2:
             raise ValueError(f"num_embeddings must be >= 2, got {self.num_embeddings}")
 

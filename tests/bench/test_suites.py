@@ -96,7 +96,7 @@ def test_cli_flags_come_from_the_options_dataclass():
     assert math.isclose(opts.tol, 2e-2)  # untouched flags keep the dataclass defaults
     with pytest.raises(SystemExit):
         parser.parse_args(["--dtype", "int8"])
-    assert set(SUITES) == {"static", "attention", "decode", "ops", "train", "generate", "vq", "cpu"}
+    assert set(SUITES) == {"static", "attention", "decode", "ops", "train", "generate", "vq", "cpu", "tokenize"}
 
 
 def test_cpu_suite_against_hf_on_a_tiny_model():
@@ -115,3 +115,13 @@ def test_cpu_suite_against_hf_on_a_tiny_model():
     model = cpu.build_models(opts, Path(os.environ.get("TMPDIR", "/tmp")) / "fusion-cpu-bench-test")[1]
     layer = 4 * 64 * 64 + 3 * 64 * 176 + 2 * 64 + 2 * (2 * 2 * 32)  # attention, MLP, two norms, q / k norms
     assert cpu.step_bytes(model, 2) == 4 * (layer + 64 + 8448 * 64 + 2 * 64)
+
+
+def test_tokenize_suite_checks_then_measures_on_cpu():
+    from fusion.bench import tokenize
+
+    rows = tokenize.run(tokenize.Options(images=6, side=96, distinct=2, text_docs=50))
+    assert [r["work"] for r in rows] == ["images", "text"]
+    assert rows[0]["documents"] == 6 and rows[0]["images_per_s"] > 0 and rows[1]["documents"] == 50
+    assert rows[1]["text_tokens_per_s"] > 0
+    assert all(r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0 for r in rows)

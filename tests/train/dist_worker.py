@@ -96,15 +96,15 @@ def main(tokenizer_dir: str, out_dir: str) -> None:
 
 def slow_tokenize(seconds: str, *train_args: str) -> int:
     from fusion.cli.train import main as train_main
-    from fusion.data import shards
+    from fusion.data import tokenize as tokenize_module
 
-    tokenize = shards.tokenize_corpus
+    tokenize = tokenize_module.tokenize_corpus
 
     def slow(*args, **kwargs):
         time.sleep(float(seconds))
         return tokenize(*args, **kwargs)
 
-    shards.tokenize_corpus = slow
+    tokenize_module.tokenize_corpus = slow
     return train_main(list(train_args))
 
 

@@ -1,16 +1,12 @@
+"""Packing tokenized documents into training sequences (corpus reading and token shards: tests/data)."""
+
 import json
-import logging
 
 import numpy as np
 import pytest
 import torch
 
-from fusion.data import corpus
-from fusion.data import shards as shard_io
-from fusion.data.shards import TokenDocs, tokenize_corpus
-from fusion.data.synthetic import SyntheticWorld
-from fusion.document import Document
-from fusion.files import read_json
+from fusion.data.shards import TokenDocs
 from fusion.train.packing import PackedDataset
 from fusion.vocab import IGNORE_INDEX
 
@@ -125,77 +121,6 @@ def test_bad_arguments_are_refused():
         PackedDataset(td, seq_len=7, batch_size=8, rank=0, world_size=3)
     with pytest.raises(ValueError, match="empty"):
         PackedDataset(TokenDocs.from_arrays([]), seq_len=7, batch_size=1)
-
-
-# ---------------------------------------------------------------- shards
-
-
-def test_shards_match_direct_encoding_count_corrupt_rows_and_resume(tokenizer, tmp_path, caplog, monkeypatch):
-    docs = list(SyntheticWorld(seed=4).documents(9, story_fraction=0.4))
-    lines = [json.dumps(d.to_json()) for d in docs]
-    lines.insert(2, "{not json")
-    lines.insert(5, json.dumps({"segments": [{"video": "x"}]}))
-    lines.insert(7, json.dumps({"segments": [{"image": "data:image/png;base64,AAAA"}]}))  # undecodable image
-    src = tmp_path / "docs.jsonl"
-    src.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "tokens"
-
-    with caplog.at_level(logging.WARNING, logger="fusion.data.shards"):
-        shards = tokenize_corpus([src], tokenizer, out, docs_per_shard=4, batch_size=3)
-    assert len(shards) == 3  # 12 rows
-    metas = [read_json(s / "meta.json") for s in shards]
-    assert sum(m["skipped"] for m in metas) == 3 and sum(m["rows"] for m in metas) == 12
-    assert sum("skipped corrupt row" in r.message for r in caplog.records) == 3
-    assert all(m["dtype"] == "uint16" for m in metas)
-
-    got = TokenDocs.from_dir(out)
-    want = tokenizer.encode_batch(docs)
-    assert len(got) == len(docs)
-    for i, w in enumerate(want):
-        assert got[i].tolist() == w.tolist()
-
-    # a re-run redoes only the missing shard, and redoes it identically
-    before = (out / "shard_00001" / "tokens.bin").read_bytes()
-    for p in (out / "shard_00001").iterdir():
-        p.unlink()
-    (out / "shard_00001").rmdir()
-    written = []
-    real = shard_io._write_shard
-    monkeypatch.setattr(shard_io, "_write_shard", lambda shard, *a: (written.append(shard.name), real(shard, *a)))
-    tokenize_corpus([src], tokenizer, out, docs_per_shard=4, batch_size=3)
-    assert written == ["shard_00001"]
-    assert (out / "shard_00001" / "tokens.bin").read_bytes() == before
-
-
-def test_obelics_parquet_and_imagefolder_sources(tokenizer, tmp_path, monkeypatch):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    world = SyntheticWorld(seed=5)
-    docs = list(world.documents(4, story_fraction=0.5))
-    pq.write_table(pa.Table.from_pylist([d.to_obelics() for d in docs]), tmp_path / "docs.parquet")
-
-    scenes = world.scenes(2)
-    folder = tmp_path / "pairs"
-    folder.mkdir()
-    meta = []
-    for i, s in enumerate(scenes):
-        world.caption_to_image(s).images[0].save(folder / f"{i}.png")
-        meta.append(json.dumps({"file_name": f"{i}.png", "text": s.caption()}))
-    (folder / "metadata.jsonl").write_text("\n".join(meta) + "\n")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-
-    tokenize_corpus([tmp_path / "docs.parquet", folder], tokenizer, tmp_path / "tok", docs_per_shard=100)
-    got = TokenDocs.from_dir(tmp_path / "tok")
-    pairs = [Document.of(s.caption(), world.caption_to_image(s).images[0]) for s in scenes]
-    want = tokenizer.encode_batch(docs + pairs)
-    assert [got[i].tolist() for i in range(len(got))] == [w.tolist() for w in want]
-
-
-def test_unknown_source_is_refused(tmp_path):
-    (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(ValueError, match="unsupported data source"):
-        next(corpus.read_rows(tmp_path / "x.csv"))
 
 
 # ---------------------------------------------------------------- condition dropout

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from fusion.cli.train_vq import main
+from fusion.data.spec import CorpusSpec
 from fusion.data.synthetic import SyntheticWorld, render
 from fusion.tokenizers.image import ImageTokenizer
 from fusion.train.vq.config import VQTrainConfig
-from fusion.train.vq.data import load_images
+from fusion.train.vq.data import CorpusImages, build_sets, load_images
 from fusion.train.vq.loop import train_vq
 from fusion.train.vq.metrics import code_stats, psnr, ssim
 
@@ -46,20 +47,27 @@ def test_short_training_improves_psnr_and_keeps_codebook_used(tmp_path):
 def test_sources_folder_pil_and_discriminator(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i, scene in enumerate(SyntheticWorld(1).scenes(12)):
+    scenes = SyntheticWorld(1).scenes(12)
+    for i, scene in enumerate(scenes):
         render(scene, 40).save(folder / f"{i}.png")  # 40px: the tokenizer resizes to 32
     (folder / "notes.txt").write_text("not an image")
-    assert len(load_images(folder)) == 12
+    (folder / "zero.png").write_bytes(b"")  # a zero-byte file is skipped and counted, not fatal
     cfg = VQTrainConfig.preset("tiny", steps=3, eval_every=3, disc_start=1, **FAST)
-    _, m = train_vq(cfg, folder, tmp_path / "a")
+    corpus = CorpusImages(CorpusSpec.parse(str(folder)))
+    _, m = train_vq(cfg, corpus, tmp_path / "a")
     assert torch.isfinite(torch.tensor(m["psnr"])) and "oracle_accuracy" not in m
-    _, m = train_vq(cfg, load_images(folder), tmp_path / "b")
+    assert corpus.report.rows == 13 and corpus.report.kept == 12 and corpus.report.skipped == {"image undecodable": 1}
+    # the pixels trained on are the tokenizer's own preprocessing of each file
+    tokenizer = ImageTokenizer(cfg.vq)
+    train, held = build_sets(cfg, tokenizer, str(folder))
+    want = {tuple(tokenizer.prepare(render(s, 40)).tobytes()) for s in scenes}
+    got = {tuple(x.permute(1, 2, 0).numpy().tobytes()) for x in torch.cat([train.pixels, held.pixels])}
+    assert got == want and len(held.pixels) == 1
+    _, m = train_vq(cfg, load_images([render(s, 40) for s in scenes]), tmp_path / "b")
     assert (tmp_path / "b" / "vq.json").is_file()
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no image files"):
-        load_images(tmp_path / "empty")
-    with pytest.raises(ValueError, match="not a folder"):
-        load_images(tmp_path / "missing")
+    with pytest.raises(Exception, match="doesn't contain any data files"):
+        train_vq(cfg, str(tmp_path / "empty"), tmp_path / "c")
     with pytest.raises(TypeError, match="PIL"):
         load_images(["not an image"])
 
@@ -78,6 +86,10 @@ def test_cli_main(tmp_path):
     folder.mkdir()
     for i, scene in enumerate(SyntheticWorld(3).scenes(6)):
         render(scene).save(folder / f"{i}.png")
-    args = ["--images", str(folder), "--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--device", "cpu"]
+    args = [str(folder), "--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--device", "cpu",
+            "--resize", "pad"]
     assert main(args) == 0
     assert (tmp_path / "vq.safetensors").is_file() and (tmp_path / "metrics.jsonl").is_file()
+    assert ImageTokenizer.from_pretrained(tmp_path).cfg.resize == "pad"
+    report = json.loads((tmp_path / "corpus.json").read_text())["report"]
+    assert report["rows"] == 6 and report["kept"] == 6
