@@ -19,7 +19,6 @@ from datetime import date
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from fusion.bench.common import ready, sync
 from fusion.data.shards import TokenDocs
@@ -27,7 +26,7 @@ from fusion.model.config import ModelConfig
 from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
 from fusion.train.config import TrainConfig
-from fusion.train.distributed import DistInfo, init_distributed
+from fusion.train.distributed import DistInfo, init_distributed, leave_process_group
 from fusion.train.loop import Trainer
 from fusion.train.mfu import peak_flops
 from fusion.train.packing import PackedDataset
@@ -127,6 +126,5 @@ def run(opts: Options) -> list[dict]:
         rows.append(bench(preset, opts, info))
         if info.device.type == "cuda":
             torch.cuda.empty_cache()
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_process_group()
     return rows if info.is_main else []

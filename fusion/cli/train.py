@@ -42,15 +42,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig.preset(args.preset if args.preset in TRAIN_PRESETS else None,
                              **config_overrides(args, TrainConfig))
 
-    import torch.distributed as dist
+    from fusion.train.distributed import init_distributed, leave_process_group
 
+    info = init_distributed(timeout_s=cfg.dist_timeout_s)
+    _train(args, cfg, info)  # its model, optimizer and data are gone when it returns
+    leave_process_group()
+    return 0
+
+
+def _train(args, cfg: TrainConfig, info) -> None:
+    """Tokenize (rank 0), pack, train and print the data report."""
     from fusion.data.mixture import record_mixture, training_docs
-    from fusion.train.distributed import init_distributed, prepare_on_main
+    from fusion.train.distributed import prepare_on_main
     from fusion.train.loop import Trainer
     from fusion.train.packing import ConditionDropout, PackedDataset
 
     model, tokenizer = _model_and_tokenizer(args, cfg.seed)
-    info = init_distributed(timeout_s=cfg.dist_timeout_s)
     # rank 0 tokenizes while the others wait outside the collective timeout (a large corpus takes hours)
     prepare_on_main(lambda: _tokenize(args, cfg, tokenizer, info.device))
     train_docs, eval_docs, shares = training_docs(_tokens_dir(args), args.eval_fraction, seed=cfg.seed)
@@ -68,9 +75,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     Trainer(cfg, model, tokenizer, train_data, eval_data, args.out, info=info).fit()
     if info.is_main:
         _print_report(_tokens_dir(args), shares)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    return 0
 
 
 def _model_and_tokenizer(args, seed: int):

@@ -10,6 +10,7 @@ collective timeout.
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 from collections.abc import Callable
@@ -177,6 +178,22 @@ def prepare_on_main(fn: Callable[[], T]) -> None:
     dist.destroy_process_group(group)
     if error[0] is not None:
         raise error[0]
+
+
+def leave_process_group() -> None:
+    """End of a distributed run: every rank arrives, then every process group is destroyed while the
+    interpreter is whole.
+
+    FSDP's device mesh keeps process groups alive in reference cycles; left for interpreter finalization, gloo's
+    finished work objects release tensors without a GIL to take and the process aborts ("terminate called
+    without an active exception") after a run that saved everything. Call it after the model and trainer are gone.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def current_rank() -> int:

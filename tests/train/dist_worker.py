@@ -24,7 +24,7 @@ from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.train.config import TrainConfig
-from fusion.train.distributed import barrier, init_distributed
+from fusion.train.distributed import barrier, init_distributed, leave_process_group
 from fusion.train.loop import Trainer
 from fusion.train.packing import PackedDataset
 
@@ -110,4 +110,8 @@ def slow_tokenize(seconds: str, *train_args: str) -> int:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    sys.exit(main(*args) if command == "variants" else slow_tokenize(*args))
+    if command == "variants":
+        main(*args)
+        leave_process_group()
+    else:
+        sys.exit(slow_tokenize(*args))
