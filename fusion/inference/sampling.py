@@ -9,7 +9,11 @@ which rewards tokens for being unlikely WITHOUT the condition: among a VQ codebo
 picks atypical ones, and images come apart. Measured on the demo's checkpoint (greedy, 100 held-out captions,
 scale 3): logits chose a code other than the conditional model's first choice at most steps (mean rank 0.94) and
 the oracle read 67% back; probabilities kept the first choice almost always (mean rank 0.12) and read 100%.
-Modality masks are applied after guidance, because ``-inf - -inf`` is NaN.
+On logits, modality masks are applied after guidance (``-inf - -inf`` is NaN). On probabilities, each copy is
+first renormalised over the ids the row may emit (``allowed``): the guided mass over them then sums to 1, so at
+least one stays above the clamp, and a forced token (``eoi`` after an image's last code) keeps probability 1.
+Renormalised over the whole vocabulary instead, a forced token the unconditional copy likes better than the
+conditional one went to 0 at scale 3, nothing was left, and a row ended its image with ``pad``.
 """
 
 from __future__ import annotations
@@ -25,27 +29,35 @@ def _per_row(x: Knob, logits: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, 1) if t.dim() else t.expand(logits.shape[0]).reshape(-1, 1)
 
 
-def _guide(parts: list[torch.Tensor], terms: list[tuple[int, int, Knob]], form: str) -> torch.Tensor:
-    """``parts[0] + sum(scale * (parts[a] - parts[b]))`` on logits, or on probabilities then back to log space."""
-    x = parts if form == "logits" else [p.softmax(-1, dtype=torch.promote_types(p.dtype, torch.float32)) for p in parts]
+def _guide(parts: list[torch.Tensor], terms: list[tuple[int, int, Knob]], form: str,
+           allowed: torch.Tensor | None) -> torch.Tensor:
+    """``parts[0] + sum(scale * (parts[a] - parts[b]))`` on logits, or on probabilities (over ``allowed`` ids)
+    then back to log space."""
+    if form == "logits":
+        x = parts
+    else:
+        dtype = torch.promote_types(parts[0].dtype, torch.float32)
+        x = [(p if allowed is None else mask_logits(p, allowed)).softmax(-1, dtype=dtype) for p in parts]
     out = x[0]
     for a, b, scale in terms:
         out = out + _per_row(scale, parts[0]) * (x[a] - x[b])
     return out if form == "logits" else out.clamp_min(0).log().to(parts[0].dtype)
 
 
-def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: Knob, form: str = "probs") -> torch.Tensor:
-    """Classifier-free guidance: ``uncond + scale * (cond - uncond)`` on ``form`` ("probs" or "logits")."""
-    return _guide([uncond, cond], [(1, 0, scale)], form)
+def cfg_mix(cond: torch.Tensor, uncond: torch.Tensor, scale: Knob, form: str = "probs",
+            allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """Classifier-free guidance: ``uncond + scale * (cond - uncond)`` on ``form`` ("probs" or "logits");
+    ``allowed`` ([V] or [B, V] bool) restricts the probabilities to the ids a row may emit."""
+    return _guide([uncond, cond], [(1, 0, scale)], form, allowed)
 
 
 def cfg_mix3(full: torch.Tensor, image_only: torch.Tensor, uncond: torch.Tensor, text_scale: Knob,
-             image_scale: Knob, form: str = "probs") -> torch.Tensor:
+             image_scale: Knob, form: str = "probs", allowed: torch.Tensor | None = None) -> torch.Tensor:
     """Chameleon's 3-way (InstructPix2Pix) guidance: the prompt's images and its text are guided separately.
 
     ``uncond + image_scale * (image_only - uncond) + text_scale * (full - image_only)`` on ``form``.
     """
-    return _guide([uncond, image_only, full], [(1, 0, image_scale), (2, 1, text_scale)], form)
+    return _guide([uncond, image_only, full], [(1, 0, image_scale), (2, 1, text_scale)], form, allowed)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: Knob) -> torch.Tensor:

@@ -111,13 +111,15 @@ class DecodeSession:
         return self._tok
 
     def all_done(self) -> bool:
-        """Host sync: have all rows finished? A FloatingPointError if a row's logits went NaN / inf."""
+        """Host sync: have all rows finished? A FloatingPointError if a row's logits went NaN / inf, or its
+        processors (top-k / top-p, a banned-token hook) left it nothing to sample."""
         done, broken = torch.stack([self.state.done.all(), self.state.nonfinite.any()]).tolist()
         if broken:
             rows = self.state.nonfinite.nonzero().flatten().tolist()
             raise FloatingPointError(
-                f"the model's logits became NaN or inf in {', '.join(self.labels[b] for b in rows)}: its weights or "
-                "activations overflow (float16? try bfloat16 or float32), so nothing it samples is meaningful")
+                f"the model's logits became NaN or inf, or nothing was left to sample, in "
+                f"{', '.join(self.labels[b] for b in rows)}: its weights or activations overflow (float16? try "
+                "bfloat16 or float32), or a logits hook banned every allowed id; nothing it samples is meaningful")
         return self.steps >= self.max_new_tokens or done
 
     def finish(self, rows: Sequence[int]) -> None:

@@ -103,14 +103,16 @@ def allowed_ids(state: RowState, masks: Masks, n_codes: int) -> torch.Tensor:
     return torch.where(state.done[:, None], masks.pad, allowed)
 
 
-def guide(logits: torch.Tensor, state: RowState, opts: StepOptions, knobs: Knobs) -> torch.Tensor:
-    """[G*B, V] logits of every copy -> [B, V]: guided inside images, the conditional row elsewhere."""
+def guide(logits: torch.Tensor, state: RowState, opts: StepOptions, knobs: Knobs,
+          allowed: torch.Tensor) -> torch.Tensor:
+    """[G*B, V] logits of every copy -> [B, V]: guided inside images (over each row's ``allowed`` ids), the
+    conditional row elsewhere."""
     g = logits.view(opts.groups, -1, logits.shape[-1])
     if opts.groups == 1:
         return g[0]
-    guided = (sampling.cfg_mix(g[0], g[1], knobs.guidance_scale, opts.guidance_form) if opts.groups == 2
+    guided = (sampling.cfg_mix(g[0], g[1], knobs.guidance_scale, opts.guidance_form, allowed) if opts.groups == 2
               else sampling.cfg_mix3(g[0], g[1], g[2], knobs.guidance_scale, knobs.image_guidance_scale,
-                                     opts.guidance_form))
+                                     opts.guidance_form, allowed))
     return torch.where(state.in_image[:, None], guided, g[0])
 
 
@@ -118,15 +120,17 @@ def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOption
            noise: torch.Tensor) -> torch.Tensor:
     """Guide, mask, filter and sample one token per row from [G*B, V] logits; advance the state in place."""
     live = ~state.done
-    # The row maximum is NaN if any logit is, +inf if one overflowed, -inf if none is left: one cheap reduction.
-    # A single -inf logit is fine (a hook or processor may ban tokens that way).
-    broken = ~logits.amax(-1).isfinite().view(opts.groups, -1).all(0) & live
-    state.nonfinite.logical_or_(broken)
-    mixed = sampling.process(guide(logits, state, opts, knobs), allowed=allowed_ids(state, masks, opts.n_codes),
+    allowed = allowed_ids(state, masks, opts.n_codes)
+    mixed = sampling.process(guide(logits, state, opts, knobs, allowed), allowed=allowed,
                              seen=state.seen if opts.use_penalty else None,
                              repetition_penalty=knobs.repetition_penalty,
                              top_k=knobs.top_k if opts.top_k_cap else 0, top_k_cap=opts.top_k_cap or None,
                              top_p=knobs.top_p if opts.use_top_p else 1.0)
+    # A row maximum is NaN if any logit is, +inf if one overflowed, -inf if none is left: one cheap reduction
+    # of the model's logits (every copy) and one of what is left to sample from. A single -inf logit is fine
+    # (a hook or processor may ban tokens that way); a row with nothing left would silently emit id 0.
+    broken = (~logits.amax(-1).isfinite().view(opts.groups, -1).all(0) | ~mixed.amax(-1).isfinite()) & live
+    state.nonfinite.logical_or_(broken)
     tok = sampling.sample(mixed, knobs.temperature, noise)
 
     is_boi, is_eoi = tok == opts.boi_id, tok == opts.eoi_id

@@ -50,17 +50,20 @@ def reference(model, prompt: list[int], *, n: int, max_new: int, mode: str, cfg_
     with torch.no_grad():
         for step in range(max_new):
             logits = model(torch.tensor([seq], dtype=torch.long))[0, -1].double()
-            if inside and cfg_scale != 1.0:
-                u = model(torch.tensor([uncond], dtype=torch.long))[0, -1].double()
-                if form == "logits":
-                    logits = u + cfg_scale * (logits - u)
-                else:  # mix the probabilities; a token whose mixed mass is <= 0 is out
-                    mixed = u.softmax(-1) + cfg_scale * (logits.softmax(-1) - u.softmax(-1))
-                    logits = torch.where(mixed > 0, mixed.clamp_min(1e-300).log(), float("-inf"))
             if inside:
                 allowed = image_ids if left else [v.eoi_id]
             else:
                 allowed = text_ids + ([v.boi_id] if images > 0 and max_new - step >= n + 2 else [])
+            if inside and cfg_scale != 1.0:
+                u = model(torch.tensor([uncond], dtype=torch.long))[0, -1].double()
+                if form == "logits":
+                    logits = u + cfg_scale * (logits - u)
+                else:  # mix the probabilities over the allowed ids; a token whose mixed mass is <= 0 is out
+                    idx = torch.tensor(allowed)
+                    pu, pc = u[idx].softmax(-1), logits[idx].softmax(-1)
+                    mixed = pu + cfg_scale * (pc - pu)
+                    logits = torch.full_like(u, float("-inf"))
+                    logits[idx] = torch.where(mixed > 0, mixed.clamp_min(1e-300).log(), float("-inf"))
             tok = max(allowed, key=lambda i: logits[i].item())
             seq.append(tok)
             uncond.append(tok)
@@ -95,6 +98,38 @@ def test_image_mode_gives_exactly_n_codes_then_eoi():
     # the image ends the row even when the budget has room for more
     out = generate_ids(model, prompts(0), max_new_tokens=3 * N, tokens_per_image=N, mode="image", seed=3)
     assert all(len(ids) == N + 2 for ids in out)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_guidance_never_takes_a_forced_eoi_away(temperature):
+    """The unconditional copy likes eoi far more than the conditional one: mixed over the whole vocabulary, eoi's
+    guided probability went below 0 at scale 3 where eoi is the only id allowed, and rows ended with pad."""
+    model = make_model(VOCAB, seed=2)
+    bias = torch.zeros(VOCAB.size)
+    bias[VOCAB.eoi_id] = 12.0
+
+    def uncond_likes_eoi(module, inputs, out):  # rows [cond..., uncond...] of one guided batch
+        return torch.cat([out[: out.shape[0] // 2], out[out.shape[0] // 2:] + bias]) if out.shape[0] > 3 else out
+
+    hook = model.lm_head.register_forward_hook(uncond_likes_eoi)
+    try:
+        out = generate_ids(model, prompts(2), max_new_tokens=N + 1, tokens_per_image=N, mode="image",
+                           temperature=temperature, guidance_scale=3.0, guidance_form="probs", seed=0)
+    finally:
+        hook.remove()
+    for ids in out:
+        assert ids.tolist()[-1] == VOCAB.eoi_id and len(ids) == N + 2
+        image_spans_ok(ids.tolist(), VOCAB, N)
+
+
+def test_a_row_left_nothing_to_sample_is_an_error_not_a_pad():
+    model = make_model(VOCAB, seed=2)
+    hook = bias_logits(model, list(range(VOCAB.image_start, VOCAB.image_start + VOCAB.image_count)), float("-inf"))
+    try:  # every image code banned by a hook: an image row has nothing it may emit
+        with pytest.raises(FloatingPointError, match="nothing was left to sample"):
+            generate_ids(model, prompts(3), max_new_tokens=N + 1, tokens_per_image=N, mode="image", seed=0)
+    finally:
+        hook.remove()
 
 
 @pytest.mark.parametrize("mode,cfg_scale,form", [("mixed", 1.0, "probs"), ("text", 1.0, "probs"),

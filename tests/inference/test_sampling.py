@@ -49,6 +49,23 @@ def test_cfg_on_probabilities_mixes_softmaxes_and_clamps_at_zero():
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
 
 
+def test_cfg_on_probabilities_renormalises_each_copy_over_the_allowed_ids():
+    cond, uncond = logits(6, B=2, V=6), logits(7, B=2, V=6)
+    allowed = torch.tensor([[False, True, True, False, True, False], [False, False, False, False, False, True]])
+    got = sampling.cfg_mix(cond, uncond, 3.0, "probs", allowed=allowed)
+    for b in range(2):
+        ids = [i for i in range(6) if allowed[b, i]]
+        pc = softmax([cond[b, i].item() for i in ids])
+        pu = softmax([uncond[b, i].item() for i in ids])
+        mixed = {i: u + 3.0 * (c - u) for i, c, u in zip(ids, pc, pu, strict=True)}
+        assert math.isclose(sum(mixed.values()), 1.0, rel_tol=1e-12) and max(mixed.values()) > 0
+        for i in range(6):
+            m = mixed.get(i, 0.0)
+            assert got[b, i].item() == float("-inf") if m <= 0 else math.isclose(got[b, i].item(), math.log(m),
+                                                                                  rel_tol=1e-9)
+    assert got[1, 5].item() == 0.0  # the only allowed id keeps probability 1, whatever the copies think of it
+
+
 def test_top_k_keeps_the_k_largest_per_row():
     x = logits()
     for k in (1, 4, 12, 50):
