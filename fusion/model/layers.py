@@ -46,15 +46,25 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` without bias, through ``dispatch.linear`` (a streaming reduction when decoding on a CPU)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dispatch.linear(x, self.weight)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         d, hd = cfg.dim, cfg.head_dim
-        self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, cfg.n_kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=False)
+        self.q_proj = Linear(d, cfg.n_heads * hd)
+        self.k_proj = Linear(d, cfg.n_kv_heads * hd)
+        self.v_proj = Linear(d, cfg.n_kv_heads * hd)
+        self.o_proj = Linear(cfg.n_heads * hd, d)
         if cfg.qk_norm:
             self.q_norm = HeadNorm(cfg.n_heads, hd)
             self.k_norm = HeadNorm(cfg.n_kv_heads, hd)
@@ -82,9 +92,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.gate_proj = Linear(cfg.dim, cfg.ffn_dim)
+        self.up_proj = Linear(cfg.dim, cfg.ffn_dim)
+        self.down_proj = Linear(cfg.ffn_dim, cfg.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(dispatch.swiglu(self.gate_proj(x), self.up_proj(x)))

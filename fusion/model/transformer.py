@@ -21,7 +21,7 @@ from fusion.kernels import dispatch
 from fusion.kernels.doc_runs import run_positions
 from fusion.model.cache import KVCache
 from fusion.model.config import ModelConfig
-from fusion.model.layers import Block, RMSNorm, rope_cos_sin
+from fusion.model.layers import Block, Linear, RMSNorm, rope_cos_sin
 from fusion.numerics import refuse_nonfinite
 from fusion.vocab import IGNORE_INDEX
 
@@ -49,7 +49,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(V, cfg.dim)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.dim, V, bias=False)
+        self.lm_head = Linear(cfg.dim, V)
         self.drop = nn.Dropout(cfg.dropout)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight

@@ -80,3 +80,21 @@ def test_cached_decoding_matches_default_backends(device, all_triton):
         dispatch.set_backend(op, None)
     for g, r in zip(got, run(), strict=True):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_is_a_reduction_in_a_compiled_cpu_decode_and_a_matmul_elsewhere():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(48, 64, generator=g, dtype=torch.float64)
+    targets = []
+
+    def recording_backend(gm, example_inputs):
+        targets.append({str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method")})
+        return gm.forward
+
+    for rows in (1, dispatch.GEMV_MAX_ROWS, dispatch.GEMV_MAX_ROWS + 1):
+        x = torch.randn(rows, 1, 64, generator=g, dtype=torch.float64)
+        got = torch.compile(dispatch.linear, backend=recording_backend, fullgraph=True)(x, weight)
+        torch.testing.assert_close(got, torch.einsum("btk,nk->btn", x, weight), rtol=1e-12, atol=1e-12)
+        assert torch.equal(dispatch.linear(x, weight), torch.nn.functional.linear(x, weight))  # eager: the matmul
+    assert ["sum" in t and "<built-in function linear>" not in t for t in targets] == [True, True, False], targets
+    assert "<built-in function linear>" in targets[2], targets
