@@ -14,7 +14,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="fusion demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=DemoConfig.out_dir)
-    ap.add_argument("--quick", action="store_true", help="a minute-long smoke run (the test suite's)")
+    ap.add_argument("--quick", action="store_true", help="a two-minute run on a small world (the test suite's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out_dir=args.out)
