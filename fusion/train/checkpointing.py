@@ -21,6 +21,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 
+from fusion.numerics import nonfinite_tensors
+
 
 class CheckpointDiskFull(OSError):
     """The disk filled up while a checkpoint was written; the previous checkpoint is intact."""
@@ -88,8 +90,7 @@ def state_bytes(state: dict) -> int:
 
 def non_finite(model_state: dict) -> list[str]:
     """Names of floating tensors with a NaN / inf in this rank's part."""
-    local = {k: t.to_local() if isinstance(t, DTensor) else t for k, t in model_state.items()}
-    return [k for k, t in local.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    return nonfinite_tensors({k: t.to_local() if isinstance(t, DTensor) else t for k, t in model_state.items()})
 
 
 def is_disk_full(error: BaseException) -> bool:
