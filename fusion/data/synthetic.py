@@ -47,24 +47,26 @@ class Scene:
         return f"a {self.size} {self.colour} {self.shape}"
 
 
-def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+def _polygon(shape: str, cx: float, cy: float, rx: float, ry: float) -> list[tuple[float, float]]:
+    """The outline of ``shape`` centred at (cx, cy), half-extents ``rx`` across and ``ry`` down."""
     if shape == "square":
-        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
-    if shape == "triangle":
-        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
-    if shape == "cross":
-        t = r / 3
-        return [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
-                (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
-                (cx - r, cy - t), (cx - t, cy - t)]
-    raise ValueError(f"unknown shape {shape!r}; shapes are {SHAPES}")
-
-
-def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill) -> None:
-    if shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        unit = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+    elif shape == "triangle":
+        unit = [(0, -1), (1, 1), (-1, 1)]
+    elif shape == "cross":
+        t = 1 / 3
+        unit = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t),
+                (-t, -t)]
     else:
-        draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
+        raise ValueError(f"unknown shape {shape!r}; shapes are {SHAPES}")
+    return [(cx + x * rx, cy + y * ry) for x, y in unit]
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, rx: float, ry: float, fill) -> None:
+    if shape == "circle":
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=fill)
+    else:
+        draw.polygon(_polygon(shape, cx, cy, rx, ry), fill=fill)
 
 
 def render(scene: Scene, size: int = 32) -> PILImage.Image:
@@ -73,7 +75,8 @@ def render(scene: Scene, size: int = 32) -> PILImage.Image:
         raise ValueError(f"unknown colour {scene.colour!r}; colours are {tuple(COLOURS)}")
     big = size * _SUPERSAMPLE
     canvas = PILImage.new("RGB", (big, big), BACKGROUND)
-    _draw(ImageDraw.Draw(canvas), scene.shape, scene.cx * big, scene.cy * big, scene.half * big, COLOURS[scene.colour])
+    r = scene.half * big
+    _draw(ImageDraw.Draw(canvas), scene.shape, scene.cx * big, scene.cy * big, r, r, COLOURS[scene.colour])
     return canvas.resize((size, size), PILImage.BOX)
 
 
@@ -150,12 +153,15 @@ class Reading:
 
 
 def _template(shape: str, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """The mask ``shape`` would have if it filled the bounding box ``box`` (x0, y0, x1, y1 inclusive)."""
+    """The mask ``shape`` would have if it filled the bounding box ``box`` (x0, y0, x1, y1 inclusive).
+
+    The template is stretched to the box's own width and height: a generated square a pixel taller than wide,
+    with soft corners, is still a square (a template sized by the longer side reads it as a circle)."""
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1 + 1) / 2 * _SUPERSAMPLE, (y0 + y1 + 1) / 2 * _SUPERSAMPLE
-    r = max(x1 - x0 + 1, y1 - y0 + 1) / 2 * _SUPERSAMPLE
+    rx, ry = (x1 - x0 + 1) / 2 * _SUPERSAMPLE, (y1 - y0 + 1) / 2 * _SUPERSAMPLE
     canvas = PILImage.new("L", (size * _SUPERSAMPLE,) * 2, 0)
-    _draw(ImageDraw.Draw(canvas), shape, cx, cy, r, 255)
+    _draw(ImageDraw.Draw(canvas), shape, cx, cy, rx, ry, 255)
     return np.asarray(canvas.resize((size, size), PILImage.BOX)) >= 128
 
 

@@ -75,7 +75,7 @@ def backend_for(op: str, device: torch.device) -> str:
     choice = _overrides.get(op) or _env_overrides().get(op) or _default(op, device)
     if choice not in _IMPLS[op]:
         raise ValueError(f"backend {choice!r} is not available for {op}; have {sorted(_IMPLS[op])}")
-    if (op, choice) not in _logged:
+    if not torch.compiler.is_compiling() and (op, choice) not in _logged:  # traced, logging breaks the graph
         _logged.add((op, choice))
         log.info("fusion.kernels: %s -> %s (%s)", op, choice, device.type)
     return choice

@@ -109,7 +109,9 @@ class Transformer(nn.Module):
         x = self.drop(self.embed(ids))
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, layer=i, **attn_kwargs)
+            # the layer index only picks a cache slot: passed without a cache, it would make each compiled block
+            # (training compiles them one by one) recompile per index
+            x = layer(x, cos, sin, **attn_kwargs, **({"layer": i} if cache is not None else {}))
         if cache is not None:
             cache.advance(torch.full((B,), T, device=ids.device) if lengths is None else lengths.to(torch.long))
         return self.norm(x)

@@ -69,6 +69,17 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     raise TypeError(f"{type(model).__name__} has no 'layers' / 'blocks' ModuleList to wrap")
 
 
+def compile_blocks(model: nn.Module, *, on: bool = True) -> None:
+    """Compile each block in place (``on``), or give each its eager forward back. Inference calls the blocks with
+    other shapes and a KV cache, which would recompile the training graphs until Dynamo's limit and then run
+    them eagerly; ``nn.Module`` has no public undo of ``compile()`` (pickling drops the same attribute)."""
+    for block in transformer_blocks(model):
+        if on:
+            block.compile()
+        else:
+            block._compiled_call_impl = None
+
+
 class LossModule(nn.Module):
     """``forward`` = ``model.loss``: gives DDP / FSDP one call to hook for the whole training step."""
 
@@ -96,8 +107,7 @@ def parallelize(model: nn.Module, info: DistInfo, *, mode: str = "fsdp", activat
         for block in blocks:
             checkpoint(block)
     if compile:
-        for block in blocks:
-            block.compile()
+        compile_blocks(model)
     wrapped = LossModule(model)
     if not info.enabled:
         return wrapped

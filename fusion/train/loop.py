@@ -35,7 +35,15 @@ from fusion.train.checkpointing import (
     training_state,
 )
 from fusion.train.config import RESUMABLE_CHANGES, TrainConfig, lr_factor
-from fusion.train.distributed import DistInfo, all_reduce_, current_dist, gather_objects, parallelize, together
+from fusion.train.distributed import (
+    DistInfo,
+    all_reduce_,
+    compile_blocks,
+    current_dist,
+    gather_objects,
+    parallelize,
+    together,
+)
 from fusion.train.export import export_weights
 from fusion.train.metrics_log import MetricsLog
 from fusion.train.mfu import mfu, peak_flops
@@ -92,7 +100,21 @@ class Trainer:
     # ------------------------------------------------------------ training
 
     def fit(self) -> list[dict]:
-        """Train to ``cfg.steps`` (resuming first if a checkpoint exists); returns this call's step metrics."""
+        """Train to ``cfg.steps`` (resuming first if a checkpoint exists); returns this call's step metrics.
+
+        With ``cfg.compile`` on one process the blocks run compiled while training and eagerly again once ``fit``
+        returns, so generating with the model next does not recompile the training graphs.
+        """
+        local_compile = self.cfg.compile and not self.info.enabled  # sharded blocks stay compiled (FSDP order)
+        if local_compile:
+            compile_blocks(self.model)  # again, where an earlier fit() gave the eager blocks back
+        try:
+            return self._train_to_end()
+        finally:
+            if local_compile:
+                compile_blocks(self.model, on=False)
+
+    def _train_to_end(self) -> list[dict]:
         run_folder.clean_leftovers(self.out_dir, self.info)
         folder = run_folder.newest_complete(self.out_dir, self.info)
         if folder is not None:

@@ -1,5 +1,6 @@
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageDraw
 
 from fusion.data.synthetic import COLOURS, SHAPES, SyntheticWorld, read_caption, read_image, render
 
@@ -50,3 +51,28 @@ def test_read_caption():
     r = read_caption("Then it became A LARGE green cross.")
     assert (r.colour, r.shape, r.size) == ("green", "cross", "large")
     assert read_caption("nothing here") is None
+
+
+def _drawn_by_pil(kind: str, w: int, h: int, x0: int, y0: int, corner: float = 0.0) -> PILImage.Image:
+    """A w x h shape drawn with PIL's own primitives (not the world's renderer) at 4x, boxed down to 32x32;
+    ``corner``: the rounded square's corner radius in pixels."""
+    big = PILImage.new("RGB", (128, 128), "white")
+    box = [4 * x0, 4 * y0, 4 * (x0 + w), 4 * (y0 + h)]
+    draw = ImageDraw.Draw(big)
+    if kind == "rounded square":
+        draw.rounded_rectangle(box, radius=round(4 * corner), fill=COLOURS["blue"])
+    else:
+        draw.ellipse(box, fill=COLOURS["blue"])
+    return big.resize((32, 32), PILImage.BOX)
+
+
+def test_oracle_reads_soft_cornered_and_slightly_stretched_shapes_as_a_person_would():
+    """Generated shapes are rarely exact. A square one or two pixels taller than wide, with corners rounded by a
+    quarter of its side, is a square (a template sized by the longer side read these as circles); rounded by
+    nearly half its side it is a circle; an ellipse is a circle."""
+    for w, h in ((15, 13), (13, 15), (16, 14), (13, 12), (24, 22)):
+        for x0, y0 in ((6, 7), (9, 8)):
+            side = min(w, h)
+            assert read_image(_drawn_by_pil("rounded square", w, h, x0, y0, side / 4)).shape == "square"
+            assert read_image(_drawn_by_pil("rounded square", w, h, x0, y0, 0.45 * side)).shape == "circle"
+            assert read_image(_drawn_by_pil("ellipse", w, h, x0, y0)).shape == "circle"
