@@ -65,7 +65,7 @@ def _train(args, cfg: TrainConfig, info) -> None:
         log.info("%s", _mixture_text(shares))
         record_mixture(_tokens_dir(args), shares)
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id,
-                  rank=info.rank, world_size=info.world_size)
+                  rank=info.rank, world_size=info.world_size, whole_documents=cfg.whole_documents)
     train_data = PackedDataset(train_docs, seed=cfg.seed, condition_dropout=ConditionDropout(
         cfg.condition_dropout, tokenizer.vocab.bos_id, tokenizer.vocab.boi_id), **common)
     eval_data = PackedDataset(eval_docs, seed=cfg.seed, drop_last=False, **common) if len(eval_docs) else None

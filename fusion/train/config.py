@@ -34,6 +34,9 @@ class TrainConfig:
     condition_dropout: float = field(default=0.0, metadata={
         "help": "probability that a document's text before its first image is dropped (per document and epoch), "
                 "so the model learns what classifier-free guidance needs; LlamaGen uses 0.1"})
+    whole_documents: bool = field(default=False, metadata={
+        "help": "a document that fits in one sequence never straddles two (documents are placed first-fit; "
+                "what is left of a sequence is padding): no caption trains apart from its image"})
     dtype: str = "auto"            # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
     compile: bool = False
     activation_checkpointing: bool = False

@@ -12,6 +12,9 @@ def test_chunk_arithmetic():
     """16k tokens, d=4096, V=65,536: 16 chunks of 1,024 tokens, each chunk's logits as large as hidden."""
     assert chunk_size(16384, 65536, 4096) == 1024
     assert chunk_size(10, 50, 64) == 10  # vocab smaller than d: one chunk
+    assert chunk_size(2048, 12288, 512) == 1024  # 24 chunks would hold 86 rows: at least 1,024
+    assert chunk_size(600, 12288, 512) == 600    # fewer tokens than that: one chunk
+    assert chunk_size(262144, 65536, 512) == 2048  # many tokens: the logits bound again
 
 
 @pytest.mark.parametrize("use_triton", [False, True])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fusion.data.shards import TokenDocs
-from fusion.train.packing import PackedDataset
+from fusion.train.packing import OPEN_SEQUENCES, PackedDataset
 from fusion.vocab import IGNORE_INDEX
 
 # ---------------------------------------------------------------- packing
@@ -44,12 +44,12 @@ def test_packing_covers_every_token_once_and_targets_stay_inside_documents():
             for a, da in real:
                 for b, db in real:
                     assert (da == db) == (owner[a] == owner[b])
-    for i in range(ds.num_sequences):
+    for i in range(ds.sequences_in(0)):
         tokens, _ = ds.sequence(0, i)
         seen += [t for t in tokens.tolist() if t in owner]
     assert sorted(seen) == sorted(owner), "every token exactly once per epoch"
     # only the cut between consecutive sequences can lose a within-document pair
-    assert len(follows) - ds.num_sequences < pairs <= len(follows)
+    assert len(follows) - ds.sequences_in(0) < pairs <= len(follows)
 
 
 def test_shuffle_is_deterministic_per_seed_and_epoch():
@@ -68,7 +68,7 @@ def test_ranks_take_contiguous_slices_of_the_global_batch(world):
     whole = PackedDataset(td, seq_len=5, batch_size=2 * world, drop_last=False)
     ranks = [PackedDataset(td, seq_len=5, batch_size=2 * world, rank=r, world_size=world, drop_last=False)
              for r in range(world)]
-    assert {r.batches_per_epoch for r in ranks} == {whole.batches_per_epoch}
+    assert {r.batches_in(0) for r in ranks} == {whole.batches_in(0)}
     for i, ref in enumerate(whole.epoch_batches(0)):
         parts = [r.batch(0, i) for r in ranks]
         for key in ref:
@@ -79,7 +79,7 @@ def test_ranks_take_contiguous_slices_of_the_global_batch(world):
 def test_a_position_saved_on_two_ranks_resumes_on_three():
     td = TokenDocs.from_arrays(unique_docs(LENGTHS * 3))
     two = [PackedDataset(td, seq_len=5, batch_size=6, seed=2, rank=r, world_size=2) for r in range(2)]
-    for _ in range(two[0].batches_per_epoch + 1):  # into the second epoch
+    for _ in range(two[0].batches_in(0) + 1):  # into the second epoch
         for ds in two:
             next(ds)
     state = json.loads(json.dumps(two[0].state_dict()))
@@ -98,7 +98,7 @@ def test_a_position_saved_on_two_ranks_resumes_on_three():
 def test_state_dict_resumes_exactly_across_epochs():
     td = TokenDocs.from_arrays(unique_docs(LENGTHS))
     a = PackedDataset(td, seq_len=7, batch_size=2, seed=3)
-    for _ in range(a.batches_per_epoch - 2):
+    for _ in range(a.batches_in(0) - 2):
         next(a)
     state = json.loads(json.dumps(a.state_dict()))
     expected = [next(a) for _ in range(5)]  # runs into epoch 1
@@ -109,6 +109,67 @@ def test_state_dict_resumes_exactly_across_epochs():
         assert all(torch.equal(got[k], want[k]) for k in want)
     with pytest.raises(ValueError, match="seed"):
         PackedDataset(td, seq_len=7, batch_size=2, seed=4).load_state_dict(state)
+
+
+def _pack_whole_documents(docs, order, n, window):
+    """Reference packer, written apart from PackedDataset: lists of n tokens (None = padding). A document that
+    fits goes into the first of the last ``window`` open lists with room, else into a new list (the oldest open
+    one then closes); a longer one fills lists of its own and its tail is placed like any document."""
+    lists, open_ = [], []  # open_: indices into lists, oldest first
+    for i in order:
+        doc = docs[i].tolist()
+        while len(doc) > n:
+            lists.append(doc[:n])
+            doc = doc[n:]
+        target = next((j for j in open_ if len(lists[j]) + len(doc) <= n), None)
+        if target is None:
+            lists.append([])
+            target = len(lists) - 1
+            open_.append(target)
+        lists[target] += doc
+        open_ = [j for j in open_ if len(lists[j]) < n][-window:]
+    return [seq + [None] * (n - len(seq)) for seq in lists]
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_whole_document_packing_matches_a_separate_packer_and_splits_only_documents_too_long(epoch):
+    docs = unique_docs(LENGTHS * 2 + [7] * 12)  # the 7s leave sequences open with 1 free: more than the window
+    td = TokenDocs.from_arrays(docs)
+    ds = PackedDataset(td, seq_len=7, batch_size=2, pad_id=0, seed=5, drop_last=False, whole_documents=True)
+    order = np.random.default_rng([5, epoch]).permutation(len(docs))  # the documented shuffle
+    want = _pack_whole_documents(docs, order, 8, OPEN_SEQUENCES)
+    assert ds.sequences_in(epoch) == len(want)
+    got = [ds.sequence(epoch, i) for i in range(len(want))]
+    assert [[t if d >= 0 else None for t, d in zip(tok.tolist(), ids.tolist(), strict=True)]
+            for tok, ids in got] == want
+    where = {int(t): i for i, (tok, ids) in enumerate(got) for t, d in zip(tok, ids, strict=True) if d >= 0}
+    assert sorted(where) == sorted(int(t) for d in docs for t in d), "every token exactly once"
+    assert all(len({where[int(t)] for t in d}) == 1 for d in docs if len(d) <= 8), "short documents stay whole"
+    plain = PackedDataset(td, seq_len=7, batch_size=2, pad_id=0, seed=5, drop_last=False)
+    split = sum(len({i for i in range(plain.sequences_in(0)) if set(plain.sequence(epoch, i)[0].tolist()) & set(
+        d.tolist())}) > 1 for d in docs if len(d) <= 8)
+    assert split > 0, "the fixture must have documents that cut packing splits"
+    batches = list(ds.epoch_batches(epoch))
+    assert len(batches) == ds.batches_in(epoch) == -(-len(want) // 2)
+    pad = torch.cat([b["targets"] for b in batches]) == IGNORE_INDEX
+    assert pad.sum() > 0  # the gaps' targets are ignored
+
+
+def test_whole_document_packing_resumes_exactly_though_epochs_differ_in_length():
+    td = TokenDocs.from_arrays(unique_docs(LENGTHS * 3))
+    a = PackedDataset(td, seq_len=7, batch_size=2, seed=3, whole_documents=True)
+    lengths = {a.batches_in(e) for e in range(6)}
+    assert len(lengths) > 1, "the fixture must give epochs of different lengths"
+    for _ in range(a.batches_in(0) - 1):
+        next(a)
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [next(a) for _ in range(a.batches_in(1) + 2)]  # through epoch 1 into epoch 2
+    b = PackedDataset(td, seq_len=7, batch_size=2, seed=3, whole_documents=True)
+    b.load_state_dict(state)
+    for want in expected:
+        got = next(b)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    assert (a.epoch, a.index) == (b.epoch, b.index) == (2, 1)
 
 
 def test_bad_arguments_are_refused():
