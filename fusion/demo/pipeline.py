@@ -51,7 +51,8 @@ class DemoConfig:
     lm_lr: float = 3e-3
     condition_dropout: float = 0.1
     # Cut packing split a third of the documents across two sequences (a caption trained apart from its image);
-    # whole, with 2.8% of tokens padding. Same steps, held-out text -> image on 800 prompts: 96-98% either way.
+    # whole, 2.8% of tokens are padding. Text -> image on 800 prompts at scales 2-4: cut 16 x 256 x 800 steps
+    # 97.1-98.1%, whole 19 x 218 x 700 steps 97.1-97.9%, in about 15% less time.
     whole_documents: bool = True
     compile: bool = True        # the decoder's blocks train compiled: ~1.4x eager's tokens/s; compiling takes
                                 # ~20 s on a fresh machine, ~3 s once Inductor's cache holds it
