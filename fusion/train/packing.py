@@ -54,8 +54,8 @@ class PackedDataset:
     documents are placed first-fit into the last few open sequences (``_first_fit``), and what a sequence
     cannot fill is padding (targets ignored); longer documents are cut into sequences of their own. Global
     batch i is sequences ``[i * batch_size, (i + 1) * batch_size)``; rank r takes the r-th of ``world_size``
-    equal contiguous slices of it. Nothing depends on the world size but the slice,
-    so the position (epoch, batch index) resumes on any number of ranks. ``drop_last`` drops the incomplete
+    equal contiguous slices of it. Nothing depends on the world size but the slice, so the position (epoch,
+    batch index) resumes on any number of ranks. ``drop_last`` drops the incomplete
     final global batch; otherwise it is filled with padding sequences (all targets ignored). Iteration never
     ends: it runs epoch after epoch.
     """
@@ -201,7 +201,6 @@ class PackedDataset:
         if self.index == self.batches_in(self.epoch):
             self.epoch, self.index = self.epoch + 1, 0
         return out
-
 
 
 OPEN_SEQUENCES = 8  # whole-document packing: sequences still open to a document that fits
