@@ -151,8 +151,10 @@ def test_whole_document_packing_matches_a_separate_packer_and_splits_only_docume
     assert split > 0, "the fixture must have documents that cut packing splits"
     batches = list(ds.epoch_batches(epoch))
     assert len(batches) == ds.batches_in(epoch) == -(-len(want) // 2)
-    pad = torch.cat([b["targets"] for b in batches]) == IGNORE_INDEX
-    assert pad.sum() > 0  # the gaps' targets are ignored
+    owner = {int(t): i for i, d in enumerate(docs) for t in d}
+    pairs = sum(a is not None and b is not None and owner[a] == owner[b]
+                for seq in want for a, b in zip(seq[:-1], seq[1:], strict=True))
+    assert sum(int((b["targets"] != IGNORE_INDEX).sum()) for b in batches) == pairs, "padding is never a target"
 
 
 def test_whole_document_packing_resumes_exactly_though_epochs_differ_in_length():
@@ -187,7 +189,8 @@ def test_bad_arguments_are_refused():
 # ---------------------------------------------------------------- condition dropout
 
 
-def test_condition_dropout_drops_the_text_before_the_first_image_keyed_by_document_and_epoch():
+@pytest.mark.parametrize("whole_documents", [False, True])
+def test_condition_dropout_drops_the_text_before_the_first_image_keyed_by_document_and_epoch(whole_documents):
     from fusion.train.packing import ConditionDropout
 
     bos, boi, eoi, eos = 1, 3, 4, 2
@@ -197,7 +200,8 @@ def test_condition_dropout_drops_the_text_before_the_first_image_keyed_by_docume
     docs = TokenDocs.from_arrays(docs * 40)  # 120 documents
     drop = ConditionDropout(0.5, bos_id=bos, boi_id=boi)
     n_tokens = int(docs.lengths.sum())
-    ds = PackedDataset(docs, seq_len=n_tokens - 1, batch_size=1, seed=3, condition_dropout=drop)  # one sequence
+    ds = PackedDataset(docs, seq_len=n_tokens - 1, batch_size=1, seed=3, condition_dropout=drop,
+                       whole_documents=whole_documents)  # one sequence: the layout uses the shortened lengths
 
     def seen(epoch: int) -> list[list[int]]:
         tokens, doc_ids = ds.sequence(epoch, 0)
@@ -212,7 +216,8 @@ def test_condition_dropout_drops_the_text_before_the_first_image_keyed_by_docume
         assert 8 <= len(dropped) <= 32  # p = 0.5 of 40 documents
         assert all(g == docs[i].tolist() for i, g in enumerate(got) if i % 3)  # the others never change
     assert seen(0) != seen(1)  # a fresh draw each epoch, the same one again for the same (seed, epoch)
-    again = PackedDataset(docs, seq_len=n_tokens - 1, batch_size=1, seed=3, condition_dropout=drop)
+    again = PackedDataset(docs, seq_len=n_tokens - 1, batch_size=1, seed=3, condition_dropout=drop,
+                          whole_documents=whole_documents)
     assert [again.sequence(e, 0)[0].tolist() for e in (0, 1)] == [ds.sequence(e, 0)[0].tolist() for e in (0, 1)]
     plain = PackedDataset(docs, seq_len=n_tokens - 1, batch_size=1, seed=3)
     with pytest.raises(ValueError, match="condition_dropout"):
