@@ -55,9 +55,9 @@ class PackedDataset:
     cannot fill is padding (targets ignored); longer documents are cut into sequences of their own. Global
     batch i is sequences ``[i * batch_size, (i + 1) * batch_size)``; rank r takes the r-th of ``world_size``
     equal contiguous slices of it. Nothing depends on the world size but the slice, so the position (epoch,
-    batch index) resumes on any number of ranks. ``drop_last`` drops the incomplete
-    final global batch; otherwise it is filled with padding sequences (all targets ignored). Iteration never
-    ends: it runs epoch after epoch.
+    batch index) resumes on any number of ranks. ``drop_last`` drops the incomplete final global batch;
+    otherwise it is filled with padding sequences (all targets ignored). Iteration never ends: it runs epoch
+    after epoch.
     """
 
     def __init__(self, docs: TokenDocs, seq_len: int, batch_size: int, *, pad_id: int = 0, seed: int = 0,
