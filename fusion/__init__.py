@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Fusion": "fusion.api",
     "GenerationConfig": "fusion.inference.config",
+    "Generation": "fusion.inference.generate",
     "ModelConfig": "fusion.model.config",
     "Vocab": "fusion.vocab",
     "Document": "fusion.document",

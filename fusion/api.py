@@ -19,8 +19,9 @@ from PIL import Image as PILImage
 from fusion.checkpoint import resolve_checkpoint
 from fusion.document import Document, Image, Text
 from fusion.inference.config import GenerationConfig
-from fusion.inference.generate import generate_documents, stream_documents
+from fusion.inference.generate import Generation, generate_documents, stream_documents
 from fusion.inference.noise import Seed
+from fusion.model.transformer import Transformer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.train.export import load_decoder
 
@@ -53,7 +54,7 @@ def _as_batch(prompt: Prompt | Sequence[Prompt]) -> tuple[list[Document], bool]:
 class Fusion:
     """``Fusion.from_pretrained(dir).generate("a red circle:", mode="image").to_html("out.html")``."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: MixedTokenizer,
+    def __init__(self, model: Transformer, tokenizer: MixedTokenizer,
                  generation_config: GenerationConfig | None = None) -> None:
         if model.cfg.vocab != tokenizer.vocab:
             raise ValueError("the tokenizer's vocabulary does not match the model's")
@@ -94,24 +95,27 @@ class Fusion:
         return self
 
     def generate(self, prompt: Prompt | Sequence[Prompt], generation_config: GenerationConfig | None = None, *,
-                 seed: Seed = None, compile: bool = False, **overrides) -> Document | list[Document]:
+                 seed: Seed = None, compile: bool = False, record: Generation | None = None,
+                 **overrides) -> Document | list[Document]:
         """The continuation of ``prompt`` as a Document; a list of prompts gives a list, generated as one batch.
 
         ``generation_config`` (default: the checkpoint's) holds the knobs; keywords override its fields, e.g.
-        ``mode="image"``, ``guidance_scale=3.0``, ``do_sample=False``, ``num_return_sequences=4``. ``seed``: None
-        draws fresh randomness, an int seeds every row's own stream, a list gives one seed / Generator per row.
+        ``mode="image"``, ``guidance_scale=3.0``, ``do_sample=False``, ``num_return_sequences=4``,
+        ``speculative=True``. ``seed``: None draws fresh randomness, an int seeds every row's own stream, a list
+        gives one seed / Generator per row. ``record`` (a ``Generation``) receives each row's ids and pass counts.
         """
         docs, batch = _as_batch(prompt)
         config = (generation_config or self.generation_config).replace(**overrides)
-        out = generate_documents(self.model, self.tokenizer, docs, config, seed=seed, compile=compile)
+        out = generate_documents(self.model, self.tokenizer, docs, config, seed=seed, compile=compile, record=record)
         return out if batch or config.num_return_sequences > 1 else out[0]
 
     def stream(self, prompt: Prompt | Sequence[Prompt], generation_config: GenerationConfig | None = None, *,
-               seed: Seed = None, compile: bool = False,
+               seed: Seed = None, compile: bool = False, record: Generation | None = None,
                **overrides) -> Iterator[Piece] | Iterator[tuple[int, Piece]]:
         """Text pieces and finished images as they come: of one prompt, the pieces; of a batch (or several
-        ``num_return_sequences``), ``(row, piece)`` pairs numbered as ``generate`` returns the rows."""
+        ``num_return_sequences``), ``(row, piece)`` pairs numbered as ``generate`` returns the rows. ``record``
+        receives the ids and pass counts once the stream ends."""
         docs, batch = _as_batch(prompt)
         config = (generation_config or self.generation_config).replace(**overrides)
-        pairs = stream_documents(self.model, self.tokenizer, docs, config, seed=seed, compile=compile)
+        pairs = stream_documents(self.model, self.tokenizer, docs, config, seed=seed, compile=compile, record=record)
         return pairs if batch or config.num_return_sequences > 1 else (piece for _, piece in pairs)

@@ -43,12 +43,23 @@ def test_quick_demo_writes_report_and_a_loadable_checkpoint(quick_demo):
     assert report["text_to_image_accuracy"] == report["guidance"][str(best)]["test"]
     chosen = max(QUICK.guidance_scales, key=lambda s: (report["guidance"][str(s)]["validation"], -s))
     assert best == chosen  # the validation split picks the scale, never the held-out one
+    plain, fast = report["decoding"]
+    assert (plain["decoding"], fast["decoding"]) == ("plain", "speculative")
+    assert plain["accuracy"] == report["text_to_image_accuracy"]  # the scored run again: same captions and seeds
+    assert plain["passes_per_image"] == model_tokens_per_image(out) + 1  # N codes and eoi, a pass each
+    assert fast["passes_per_image"] < plain["passes_per_image"] / 2  # the trained model's drafts are accepted
+    assert abs(fast["accuracy"] - plain["accuracy"]) <= 0.2  # the same distribution, 64 samples each
+    assert "Plain vs speculative decoding" in (out / "index.html").read_text() and "speculative decoding" in printed
 
     model = fusion.load(out / "checkpoint", device="cpu")
     assert model.generation_config.guidance_scale == best  # the checkpoint's defaults are the chosen ones
     doc = model.generate("a large red circle:", mode="image", seed=0)  # one prompt -> one Document
     assert model.generate(["a large red circle:"], mode="image", seed=0) == [doc]  # a list is a batch
     assert len(doc.images) == 1 and doc.images[0].size == (32, 32)
+
+
+def model_tokens_per_image(out) -> int:
+    return fusion.load(out / "checkpoint", device="cpu").tokenizer.tokens_per_image
 
 
 def test_guidance_does_not_lower_the_accuracy_of_a_model_that_draws_unguided(quick_demo):

@@ -4,7 +4,9 @@ One run measures, interleaved (ratios are what count on a noisy machine): greedy
 batch size and a training step's tokens/s, each next to this machine's roof measured in the same run. Decode
 roof: the bytes of weights a step must read (every matrix once, the lm_head included; only the embedding rows
 used) over the read bandwidth of a large reduction. Training roof: ``flops_per_token`` (6 x params +
-attention) over the rate of a large fp32 matmul. Correctness first: fusion's greedy ids must equal HF's.
+attention) over the rate of a large fp32 matmul. Correctness first: fusion's greedy ids must equal HF's. Last, the
+cost of a speculative window pass against a plain step on the same model (image mode; random weights, so only
+the pass time means anything: ``fusion bench generate --speculative`` measures acceptance on a trained model).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Options:
     reps: int = field(default=3, metadata={"help": "interleaved repetitions (the median is reported)"})
     compile: bool = field(default=True, metadata={"help": "fusion decodes and trains with torch.compile"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: torch's default)"})
+    windows: tuple[int, ...] = field(default=(16,), metadata={"help": "speculative window widths timed against a "
+                                                                      "plain step (0: none)"})
 
 
 def build_models(opts: Options, folder: Path):
@@ -155,5 +159,22 @@ def run(opts: Options) -> list[dict]:
         rows.append({"work": work, "hf_tok_s": hf_tok, "fusion_tok_s": ours, "fusion_vs_hf": ours / hf_tok,
                      "roof_tok_s": roof, "fusion_of_roof": ours / roof, "greedy_ids_equal_hf": parity,
                      "threads": torch.get_num_threads(), "read_GB_s": read_gbs, "matmul_GFLOP_s": matmul / 1e9,
-                     "compile": opts.compile, "params_M": model.num_params() / 1e6})
+                     "compile": opts.compile, "params_M": model.num_params() / 1e6, "note": ""})
+    return rows + window_rows(model, opts, rows[0])
+
+
+def window_rows(model, opts: Options, like: dict) -> list[dict]:
+    """Per window width and batch size: image tokens a second through window passes, and the pass's time over
+    a plain step's (a 256-code image, so that prompt and image fit the model's context)."""
+    from fusion.bench.speculative import pass_ms
+
+    rows = []
+    for batch in opts.batches:
+        plain = pass_ms(model, 256, batch, None, opts.compile)
+        for window in filter(None, opts.windows):
+            ms = pass_ms(model, 256, batch, window, opts.compile)
+            rows.append({**{k: None for k in like}, "work": f"image window W={window} bs{batch}",
+                         "fusion_tok_s": window * batch / ms * 1e3, "threads": torch.get_num_threads(),
+                         "compile": opts.compile, "params_M": like["params_M"],
+                         "note": f"window pass {ms:.2f} ms = {ms / plain:.2f}x a plain step ({plain:.2f} ms)"})
     return rows

@@ -1,6 +1,8 @@
-"""Generation throughput: decode tokens/s and GB/s, one CFG image vs HF, batched text-to-image.
+"""Generation throughput: decode tokens/s and GB/s, one CFG image vs HF, batched text-to-image; with
+``--speculative``, speculative decoding of images against plain decoding instead (``fusion/bench/speculative.py``).
 
     fusion bench generate [--preset 1b] [--compile]
+    fusion bench generate --speculative --device cpu --compile [--checkpoint demo_out/checkpoint]
 
 Rows (random weights; correctness first: the greedy ids of our cached decode must equal a full recompute):
 - decode, batch 1, ``--preset`` shapes: tokens/s and achieved GB/s = (weight bytes + KV-cache bytes read per
@@ -37,7 +39,13 @@ class Options:
     compile: bool = field(default=False, metadata={"help": "torch.compile(mode='reduce-overhead') the decode step"})
     skip_hf: bool = field(default=False, metadata={"help": "skip the HF comparison and image rows"})
     workdir: str = field(default="/tmp/fusion_bench_generate", metadata={"help": "scratch folder for the HF model"})
-    device: str = field(default="cuda", metadata={"help": "cuda to time; cpu for a smoke run of the decode row"})
+    device: str = field(default="cuda", metadata={"help": "cuda to time; cpu for a smoke run of the decode row "
+                                                          "(with --speculative: real CPU timings)"})
+    speculative: bool = field(default=False, metadata={"help": "plain vs speculative image decoding on a trained "
+                                                                "checkpoint, and the cost of a window pass"})
+    checkpoint: str = field(default="demo_out/checkpoint", metadata={"help": "with --speculative: the checkpoint"})
+    prompts: int = field(default=24, metadata={"help": "with --speculative: held-out captions per setting"})
+    windows: tuple[int, ...] = field(default=(16,), metadata={"help": "with --speculative: window widths to try"})
 
 
 def timed(fn, device: torch.device) -> float:
@@ -106,8 +114,8 @@ def bench_image(hf, ours, args: Options, device: torch.device) -> list[dict]:
 
     v = ours.cfg.vocab
     prompt = torch.cat([torch.tensor([v.bos_id]), torch.randint(8200, v.size, (args.prompt_len - 1,))])
-    kw = dict(max_new_tokens=1025, tokens_per_image=1024, mode="image", cfg_scale=3.0, temperature=1.0, top_k=0,
-              compile=args.compile)
+    kw = dict(max_new_tokens=1025, tokens_per_image=1024, mode="image", guidance_scale=3.0, guidance_form="logits",
+              temperature=1.0, top_k=0, compile=args.compile, speculative=False)
     generate_ids(ours, [prompt], **kw)  # warm up / compile
     ours_s = timed(lambda: generate_ids(ours, [prompt], **kw), device)
 
@@ -166,6 +174,9 @@ def run(opts: Options) -> list[dict]:
     """The decode row, then (unless ``skip_hf``) the one-image-vs-HF and batched text-to-image rows."""
     if not ready("generate", opts.device):
         return []
+    if opts.speculative:
+        from fusion.bench.speculative import run as speculative_rows
+        return speculative_rows(opts)
     device = torch.device(opts.device)
     torch.manual_seed(0)
     vocab = released_vocab()

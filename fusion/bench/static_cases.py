@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from fusion.inference.config import GenerationConfig
 from fusion.model.config import MODEL_PRESETS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -64,7 +65,8 @@ def _decode(spec: Spec, sms: int) -> list:
 
     s, dt = _shape(spec.preset), DTYPES[spec.dtype]
     H, Hkv, D, T = s["n_heads"], s["n_kv_heads"], s["dim"] // s["n_heads"], s["max_seq_len"]
-    tq = 1 if spec.variant == "step" else T // 4  # one new token, or a prefill of a quarter of the cache
+    # one new token, a speculative window (the default width), or a prefill of a quarter of the cache
+    tq = {"step": 1, "window": GenerationConfig().speculative_window}.get(spec.variant, T // 4)
     q = _meta(1, H, tq, D, dtype=dt)
     cache = _meta(1, Hkv, T + 1, D, dtype=dt)
     launches, _ = decode_launches(q, cache, cache, _meta(1, dtype=torch.long), sms=sms)
@@ -108,7 +110,7 @@ def _cross_entropy(spec: Spec, sms: int) -> list:
 
 CASES = {"attention": _attention, "decode_attention": _decode, "rms_norm": _rms_norm, "rope": _rope,
          "swiglu": _swiglu, "linear_cross_entropy": _cross_entropy}
-VARIANTS = {"attention": ("causal", "causal+docs"), "decode_attention": ("step", "prefill")}
+VARIANTS = {"attention": ("causal", "causal+docs"), "decode_attention": ("step", "window", "prefill")}
 ALL_VARIANTS = {"attention": ("causal", "causal+docs", "full", "full+docs")}
 
 

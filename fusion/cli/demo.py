@@ -26,5 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("  guidance scale -> held-out accuracy: " + ", ".join(f"{s}: {a['test']:.1%}"
                                                                 for s, a in report.guidance.items()))
     print(f"  image -> text  caption accuracy (colour + shape): {report.image_to_caption_accuracy:6.1%}")
+    for r in report.decoding:
+        print(f"  {r['decoding']:>11} decoding: {r['passes_per_image']:.1f} passes per image, "
+              f"{r['batch_seconds']:.1f} s for all held-out captions at once, {r['single_ms_per_image']:.0f} ms "
+              f"per image one at a time, accuracy {r['accuracy']:.1%}")
     print(f"  documents: {Path(args.out) / 'index.html'}   checkpoint: {Path(args.out) / 'checkpoint'}")
     return 0

@@ -61,6 +61,7 @@ class DemoConfig:
     # (48 distinct captions), so its accuracy jumps by whole captions (95.5% -> 100% -> 96.5% at scales 2, 2.5, 3).
     image_temperature: float = 0.3
     stories: int = 4            # interleaved generations shown on the page
+    single_prompts: int = 12    # captions generated one at a time to time plain vs speculative decoding at batch 1
     threads: int = 0            # torch threads; 0 = torch's default
     progress: bool = True       # tqdm bars (off when stderr is not a terminal)
 
@@ -69,7 +70,7 @@ class DemoConfig:
         """About two minutes: small, but trained enough to draw most captions unguided (about 61% of held-out
         prompts at seed 0), which is what a test of guidance needs."""
         return cls(out_dir=out_dir, documents=2000, eval_prompts=64, val_prompts=32, bpe_vocab=300, vq_steps=300,
-                   lm_steps=300, stories=2)
+                   lm_steps=300, stories=2, single_prompts=4)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class DemoReport:
     best_guidance_scale: float
     guidance: dict[str, dict[str, float]]  # scale -> {"validation": accuracy, "test": accuracy}
     seconds: dict[str, float]
+    decoding: list[dict]  # plain vs speculative decoding of the held-out captions (scoring.compare_decoding)
 
 
 class _Clock:
@@ -142,7 +144,7 @@ def run(cfg: DemoConfig) -> DemoReport:
     clock.lap("generate")
 
     report = DemoReport(scores.text_to_image[scores.best_scale]["test"], scores.image_to_caption, scores.best_scale,
-                        {str(s): a for s, a in scores.text_to_image.items()}, clock.seconds)
+                        {str(s): a for s, a in scores.text_to_image.items()}, clock.seconds, scores.decoding)
     write_page(out, cfg, report, scores)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report

@@ -3,11 +3,13 @@ validation prompts, reported on held-out ones), image -> caption, and a few inte
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from fusion.api import Fusion
 from fusion.data.synthetic import Scene, SyntheticWorld, read_caption, read_image, render
 from fusion.document import Document
+from fusion.inference.generate import Generation
 
 TEST_OFFSET, VALIDATION_OFFSET, STORY_OFFSET = 10_007, 20_011, 30_013  # seed streams the training never reads
 
@@ -25,6 +27,7 @@ class Scores:
     captions: list[str]                  # generated for them
     caption_hits: list[bool]
     stories: list[Document] = field(default_factory=list)
+    decoding: list[dict] = field(default_factory=list)  # plain vs speculative on the held-out captions
 
     @property
     def image_to_caption(self) -> float:
@@ -36,13 +39,34 @@ def same(reading, scene: Scene) -> bool:
     return reading is not None and (reading.colour, reading.shape) == (scene.colour, scene.shape)
 
 
-def _images(model: Fusion, scenes: list[Scene], scale: float, cfg) -> tuple[list[Document], list[bool]]:
-    """One image per caption at guidance ``scale``; a seed per prompt keeps the samples independent."""
+def _images(model: Fusion, scenes: list[Scene], scale: float, cfg, batch: int | None = None,
+            **kw) -> tuple[list[Document], list[bool]]:
+    """One image per caption at guidance ``scale``, ``batch`` captions a call (default: all at once); a seed per
+    prompt keeps the samples independent (and the same whatever the batch)."""
     prompts = [Document.of(s.caption() + ":") for s in scenes]
     seeds = [cfg.seed * 100_003 + i for i in range(len(prompts))]
-    docs = model.generate(prompts, mode="image", seed=seeds, temperature=cfg.image_temperature,
-                          guidance_scale=scale)
+    step, docs = batch or len(prompts), []
+    for i in range(0, len(prompts), step):
+        docs += model.generate(prompts[i:i + step], mode="image", seed=seeds[i:i + step],
+                               temperature=cfg.image_temperature, guidance_scale=scale, **kw)
     return docs, [same(read_image(d.images[0]) if d.images else None, s) for d, s in zip(docs, scenes, strict=True)]
+
+
+def compare_decoding(model: Fusion, scenes: list[Scene], scale: float, cfg) -> list[dict]:
+    """Plain vs speculative decoding of the same captions and seeds: passes per image, seconds for them all in one
+    batch (as scored) and per image one at a time (the first ``cfg.single_prompts``), the oracle's accuracy."""
+    rows = []
+    for name, speculative in (("plain", False), ("speculative", True)):
+        record = Generation()
+        t = time.perf_counter()
+        _, hits = _images(model, scenes, scale, cfg, speculative=speculative, record=record)
+        batched = time.perf_counter() - t
+        t = time.perf_counter()
+        _images(model, scenes[:cfg.single_prompts], scale, cfg, batch=1, speculative=speculative)
+        single = (time.perf_counter() - t) / cfg.single_prompts
+        rows.append({"decoding": name, "passes_per_image": record.passes_per_image, "batch_seconds": batched,
+                     "single_ms_per_image": 1e3 * single, "accuracy": sum(hits) / len(hits)})
+    return rows
 
 
 def _captions(model: Fusion, scenes: list[Scene], image_size: int) -> tuple[list, list[str], list[bool]]:
@@ -74,4 +98,4 @@ def score(model: Fusion, world: SyntheticWorld, cfg) -> Scores:
                         "test": sum(by_scale[scale][1]) / len(by_scale[scale][1])}
     best = max(cfg.guidance_scales, key=lambda s: (curve[s]["validation"], -s))
     return Scores(curve, best, test, *by_scale[best], *_captions(model, test, world.image_size),
-                  _stories(model, world, cfg, best))
+                  _stories(model, world, cfg, best), compare_decoding(model, test, best, cfg))

@@ -15,6 +15,11 @@ from fusion import checkpoint as names
 
 MODES = ("text", "image", "mixed")
 GUIDANCE_FORMS = ("probs", "logits")
+MAX_WINDOW = 64
+COUPLINGS = ("maximal", "gumbel", "independent")
+# Speculative decoding when a call leaves ``speculative`` unset, by device type: fixed, never measured at run time.
+# The benchmark behind each value: benchmarks/RESULTS.md, "Speculative decoding".
+DEFAULT_SPECULATIVE = {"cpu": False, "cuda": False}
 # HF generation options fusion has under another name or not at all: what to use instead.
 HF_HINTS = {"max_length": "max_new_tokens (fusion counts new tokens only)", "cfg_scale": "guidance_scale",
             "stop": "stop_strings", "num_beams": "sampling or do_sample=False (there is no beam search)"}
@@ -44,6 +49,14 @@ class GenerationConfig:
                                            "Chameleon / LlamaGen / HF do (see inference/sampling.py)"})
     stop_strings: tuple[str, ...] = _knob((), "end a row once its text holds one of these")
     num_return_sequences: int = _knob(1, "samples per prompt; results come grouped by prompt")
+    speculative: bool | None = _knob(None, "speculative Jacobi decoding of images: a pass verifies a window of "
+                                           "guessed codes, same distribution, other samples for a seed; default: "
+                                           "per device (DEFAULT_SPECULATIVE)")
+    speculative_window: int = _knob(16, "tokens a speculative pass feeds per image row (the last + W-1 drafts)")
+    speculative_coupling: str = field(default="maximal", metadata={
+        "choices": COUPLINGS, "help": "how a draft follows from pass to pass: maximal (keep the old draft with "
+                                      "probability min(1, p/q), else redraw; MC-SJD), gumbel (same draws), "
+                                      "independent (SJD)"})
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_strings, str):
@@ -66,6 +79,14 @@ class GenerationConfig:
         _check("guidance_scale", self.guidance_scale, lambda g: g >= 0, "must be >= 0 (1 = no guidance)")
         if self.image_guidance_scale is not None:
             _check("image_guidance_scale", self.image_guidance_scale, lambda g: g >= 0, "must be >= 0")
+        if self.speculative_coupling not in COUPLINGS:
+            raise ValueError(f"speculative_coupling must be one of {COUPLINGS}, got {self.speculative_coupling!r}")
+        if self.speculative not in (None, True, False):
+            raise ValueError(f"speculative must be True, False or None (the device's default), "
+                             f"got {self.speculative!r}")
+        if isinstance(self.speculative_window, bool) or not isinstance(self.speculative_window, int) \
+                or not 2 <= self.speculative_window <= MAX_WINDOW:
+            raise ValueError(f"speculative_window must be an int in [2, {MAX_WINDOW}], got {self.speculative_window!r}")
         if any(not isinstance(s, str) or not s for s in self.stop_strings):
             raise ValueError(f"stop strings must be non-empty str, got {self.stop_strings!r}")
 
@@ -78,6 +99,13 @@ class GenerationConfig:
     def guided(self) -> bool:
         """Whether image tokens are guided (mode text never is)."""
         return self.mode != "text" and (self.guidance_scale != 1.0 or self.image_guidance_scale not in (None, 1.0))
+
+    def resolved(self, device_type: str, budget: int) -> GenerationConfig:
+        """A complete config: ``max_new_tokens`` (if unset) is ``budget``, ``speculative`` (if unset) the default
+        of ``device_type`` ("cpu", "cuda", ...)."""
+        return self.replace(max_new_tokens=self.max_new_tokens or budget,
+                            speculative=DEFAULT_SPECULATIVE.get(device_type, False) if self.speculative is None
+                            else self.speculative)
 
     def replace(self, **changes) -> GenerationConfig:
         """A copy with ``changes``; unknown names are a TypeError naming them."""

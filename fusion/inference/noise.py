@@ -60,13 +60,27 @@ def _generator(seed: RowSeed, device: torch.device) -> torch.Generator:
 
 
 class RowNoise:
-    """A [B, V] buffer of Exp(1) draws; row b is refilled from row b's generator at every step."""
+    """Each row's draws for one pass, refilled from the row's own generator.
 
-    def __init__(self, seeds: Sequence[RowSeed], vocab_size: int, device: torch.device) -> None:
+    A row decoding one token draws ``text`` [V] Exp(1) values (the sampler's noise); a row inside an image of a
+    speculative session draws ``codes`` [W, C] Exp(1) values and ``uniform`` [W] Uniform(0, 1) values instead.
+    So a pass takes a fixed amount of a row's stream, set by the row's own mode, whatever its batch or however
+    many tokens the pass accepts. Unfilled (greedy), ``text`` and ``codes`` hold ones and ``uniform`` zeros.
+    """
+
+    def __init__(self, seeds: Sequence[RowSeed], vocab_size: int, device: torch.device,
+                 window: tuple[int, int] | None = None) -> None:
         self.generators = [_generator(s, device) for s in seeds]
-        self.buffer = torch.ones(len(seeds), vocab_size, device=device)
+        B = len(seeds)
+        self.text = torch.ones(B, vocab_size, device=device)
+        self.codes = torch.ones(B, *window, device=device) if window else None
+        self.uniform = torch.zeros(B, window[0], device=device) if window else None
 
-    def fill(self) -> torch.Tensor:
-        for row, g in zip(self.buffer, self.generators, strict=True):
-            row.exponential_(generator=g)
-        return self.buffer
+    def fill(self, image_rows: Sequence[bool] | None = None) -> None:
+        """Fresh draws for every row: ``image_rows[b]`` True takes the speculative draws, else the text draws."""
+        for b, g in enumerate(self.generators):
+            if image_rows is not None and image_rows[b]:
+                self.codes[b].exponential_(generator=g)
+                self.uniform[b].uniform_(generator=g)
+            else:
+                self.text[b].exponential_(generator=g)

@@ -16,6 +16,16 @@ import torch
 from fusion.model.config import ModelConfig
 
 
+def bucket_length(needed: int, max_seq_len: int) -> int:
+    """``needed`` rounded up to one of four lengths per power of two (64, 80, 96, 112, 128, 160, ...), at most
+    ``max_seq_len``: a compiled decode step's shapes then follow a few buckets, not every prompt length, and
+    at most a fifth of a cache is slack."""
+    if needed <= 64:
+        return min(64, max_seq_len)
+    quarter = 1 << (needed.bit_length() - 3)  # a quarter of the power of two below needed
+    return min(-(-needed // quarter) * quarter, max_seq_len)
+
+
 @dataclass
 class KVCache:
     """``k[i]``, ``v[i]``: layer ``i``'s buffers [B, Hkv, max_len + 1, D]; ``seqlens`` [B]: valid length per row."""

@@ -74,16 +74,3 @@ def split(ids: Sequence[int], vocab: Vocab, n_codes: int) -> list[Run]:
         runs.append(Run(kind, start, len(ids), closed=kind == TEXT))
     return runs
 
-
-def text_runs(ids: Sequence[int], vocab: Vocab) -> list[Run]:
-    """Maximal stretches of text ids, read without image checks (generated output may start inside an image)."""
-    is_text = vocab.text_mask()
-    is_text[vocab.eos_id] = False
-    runs, start = [], None
-    for i, t in enumerate([*map(int, ids), -1]):
-        if t >= 0 and is_text[t] and start is None:
-            start = i
-        elif not (t >= 0 and is_text[t]) and start is not None:
-            runs.append(Run(TEXT, start, i))
-            start = None
-    return runs

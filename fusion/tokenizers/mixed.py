@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -147,24 +148,33 @@ class MixedTokenizer:
         return cls(text, ImageTokenizer.from_pretrained(directory, device=device, check_finite=check_finite), vocab)
 
 
+@dataclass(frozen=True)
+class ImageCodes:
+    """A finished image of a stream as its codebook indices [N]; ``MixedTokenizer.image`` decodes it to pixels."""
+
+    codes: torch.Tensor
+
+
 class StreamDecoder:
-    """Generated ids one at a time -> text pieces (once their characters are final) and finished PIL images.
+    """Generated ids one at a time -> text pieces (once their characters are final) and finished images (codes).
 
     Joining the pieces gives exactly the Text segments of ``MixedTokenizer.decode`` of the same ids. With
     ``find_stop`` (text -> end index of a stop string, or None) the text ends right after the first stop, and
-    ``stopped`` turns True.
+    ``stopped`` turns True. ``ids`` holds every id fed, up to the one that completed a stop string.
     """
 
     def __init__(self, tokenizer: MixedTokenizer, find_stop: Callable[[str], int | None] | None = None) -> None:
         self.tokenizer, self.find_stop = tokenizer, find_stop
         self.spans = ImageSpans(tokenizer.vocab, tokenizer.tokens_per_image)
+        self.ids: list[int] = []
         self.text_ids: list[int] = []  # the current text run (since the last image)
         self.codes: list[int] = []
         self.emitted = ""  # how much of the current run's text has been yielded
         self.stopped = False
 
-    def feed(self, t: int) -> list[str | PILImage.Image]:
+    def feed(self, t: int) -> list[str | ImageCodes]:
         what = self.spans.feed(t)
+        self.ids.append(t)
         if what == TEXT:
             self.text_ids.append(t)
             text = self.tokenizer.decode_text(self.text_ids)
@@ -180,8 +190,8 @@ class StreamDecoder:
         if what == CODE:
             self.codes.append(t)
         elif what == EOI:
-            codes, self.codes = self.tokenizer.vocab.image_codes(torch.tensor([self.codes])), []
-            return [self.tokenizer.image.decode_images(codes)[0]]
+            codes, self.codes = self.tokenizer.vocab.image_codes(torch.tensor(self.codes)), []
+            return [ImageCodes(codes)]
         return []
 
     def flush(self) -> list[str]:

@@ -3,8 +3,8 @@
 The compiles run in clean subprocesses (``fusion.bench.static_report``): TRITON_INTERPRET unset, an empty cache.
 Attention at the presets' head dims 64 (1b) and 128 with GQA groups of 8 (chameleon-34b: the general, unspecialised
 group loop), causal with and without packed documents (register allocation differs: both have spilled); decode
-for a step and a prefill at head dims 32 (tiny) and 128; the widest preset for the row-wise ops. The full matrix
-(every preset and dtype) is ``fusion bench static``: 638 binaries, ~40 CPU-minutes.
+for a step, a speculative window and a prefill at head dims 32 (tiny) and 128; the widest preset for the row-wise
+ops. The full matrix (every preset and dtype) is ``fusion bench static``.
 """
 
 import pytest

@@ -104,9 +104,12 @@ def test_cpu_suite_against_hf_on_a_tiny_model():
     from fusion.bench import cpu
 
     opts = cpu.Options(hidden=64, layers=1, heads=2, text_tokens=256, prompt=8, new_tokens=4, batches=(1, 2),
-                       train_batch=2, train_seq=16, reps=1, compile=False)
+                       train_batch=2, train_seq=16, reps=1, compile=False, windows=(4,))
     rows = cpu.run(opts)
-    assert [r["work"] for r in rows] == ["generate bs1", "generate bs2", "train"]
+    assert [r["work"] for r in rows] == ["generate bs1", "generate bs2", "train", "image window W=4 bs1",
+                                         "image window W=4 bs2"]
+    assert all(r["fusion_tok_s"] > 0 and "x a plain step" in r["note"] for r in rows[3:])
+    rows = rows[:3]
     for r in rows:
         assert r["greedy_ids_equal_hf"] and r["hf_tok_s"] > 0 and r["fusion_tok_s"] > 0
         assert math.isclose(r["fusion_of_roof"], r["fusion_tok_s"] / r["roof_tok_s"])
@@ -115,6 +118,37 @@ def test_cpu_suite_against_hf_on_a_tiny_model():
     model = cpu.build_models(opts, Path(os.environ.get("TMPDIR", "/tmp")) / "fusion-cpu-bench-test")[1]
     layer = 4 * 64 * 64 + 3 * 64 * 176 + 2 * 64 + 2 * (2 * 2 * 32)  # attention, MLP, two norms, q / k norms
     assert cpu.step_bytes(model, 2) == 4 * (layer + 64 + 8448 * 64 + 2 * 64)
+
+
+def test_speculative_suite_on_a_saved_checkpoint(tmp_path, monkeypatch):
+    """Plain and speculative rows per setting, every coupling at the first one, then the pass costs."""
+    from fusion.api import Fusion
+    from fusion.bench import generate
+    from fusion.data.synthetic import SyntheticWorld
+    from fusion.inference.config import COUPLINGS
+    from fusion.model.config import ModelConfig
+    from fusion.model.transformer import Transformer
+    from fusion.tokenizers.image import ImageTokenizer
+    from fusion.tokenizers.mixed import MixedTokenizer
+    from fusion.tokenizers.text import TextTokenizer
+    from fusion.tokenizers.vq_config import VQConfig
+
+    torch.manual_seed(0)
+    tokenizer = MixedTokenizer(TextTokenizer.train(SyntheticWorld(0).texts(300), 300),
+                               ImageTokenizer(VQConfig.preset("tiny")).eval())
+    model = Transformer(ModelConfig.preset("tiny", tokenizer.vocab, dim=32, n_layers=1, n_heads=2, n_kv_heads=1,
+                                           ffn_dim=64))
+    Fusion(model, tokenizer).save_pretrained(tmp_path)
+    rows = generate.run(generate.Options(speculative=True, checkpoint=str(tmp_path), device="cpu", prompts=2,
+                                         windows=(4,)))
+    methods = [r["method"] for r in rows if r["batch"] == 1 and not r["setting"].startswith("pass cost")]
+    assert methods == ["plain", *[f"speculative W=4 {c}" for c in COUPLINGS]] + ["plain", "speculative W=4 maximal"] * 3
+    plain = [r for r in rows if r["method"] == "plain"]
+    assert all(r["passes_per_image"] == tokenizer.tokens_per_image + 1 and r["pass_ratio"] == 1 for r in plain)
+    fast = [r for r in rows if r["method"].startswith("speculative")]
+    assert all(1 <= r["passes_per_image"] <= tokenizer.tokens_per_image + 1 and r["images_s"] > 0 for r in fast)
+    costs = [r for r in rows if r["setting"] == "pass cost, checkpoint"]
+    assert [r["batch"] for r in costs] == [1, 8] and all(r["window_pass_ms"] > 0 for r in costs)
 
 
 def test_tokenize_suite_checks_then_measures_on_cpu():

@@ -75,3 +75,28 @@ def test_save_and_load_in_a_checkpoint_folder(tmp_path):
     path.write_text('{"temprature": 0.5}')
     with pytest.raises(ValueError, match=r"generation_config.json: unknown GenerationConfig keys \['temprature'\]"):
         GenerationConfig.from_pretrained(tmp_path)
+
+
+def test_speculative_knobs_are_checked_and_resolved_per_device():
+    from fusion.inference.config import DEFAULT_SPECULATIVE
+
+    cfg = GenerationConfig()
+    assert cfg.speculative is None  # the device's default, resolved when a call starts
+    for device, default in DEFAULT_SPECULATIVE.items():
+        assert cfg.resolved(device, 7) == cfg.replace(max_new_tokens=7, speculative=default)
+    assert cfg.replace(speculative=True, max_new_tokens=3).resolved("cpu", 7).speculative is True  # set wins
+    assert cfg.replace(max_new_tokens=3).resolved("cpu", 7).max_new_tokens == 3
+    assert cfg.resolved("mps", 7).speculative is False  # a device without a measured default stays plain
+    for bad in (1, 65, 2.0, True):
+        with pytest.raises(ValueError, match="speculative_window"):
+            GenerationConfig(speculative_window=bad)
+    with pytest.raises(ValueError, match="speculative_coupling"):
+        GenerationConfig(speculative_coupling="optimal")
+    with pytest.raises(ValueError, match="speculative must be"):
+        GenerationConfig(speculative="yes")
+    ap = argparse.ArgumentParser()
+    add_config_flags(ap, GenerationConfig)
+    args = ap.parse_args(["--speculative", "--speculative-window", "8", "--speculative-coupling", "gumbel"])
+    assert GenerationConfig(**config_overrides(args, GenerationConfig)) == GenerationConfig(
+        speculative=True, speculative_window=8, speculative_coupling="gumbel")
+    assert config_overrides(ap.parse_args(["--no-speculative"]), GenerationConfig) == {"speculative": False}

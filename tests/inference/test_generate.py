@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from fusion.inference.generate import generate_ids
+from fusion.document import Document
+from fusion.inference.generate import Generation, generate_documents, generate_ids
 from fusion.vocab import Vocab
 
 from .conftest import bias_logits, make_model
@@ -239,16 +240,28 @@ def test_each_row_samples_from_its_own_seeded_stream():
         hook.remove()
 
 
-def test_stop_callback_cuts_and_ends_the_row():
-    model = make_model(VOCAB, seed=5)
-    full = generate_ids(model, prompts(5), max_new_tokens=20, tokens_per_image=N, mode="text", temperature=0.0)
-    target = full[1][4].item()
-    stop = lambda ids: next((i + 1 for i, t in enumerate(ids.tolist()) if t == target), None)  # noqa: E731
-    got = generate_ids(model, prompts(5), max_new_tokens=20, tokens_per_image=N, mode="text", temperature=0.0,
-                       stop=stop, sync_every=3)
-    for f, g in zip(full, got, strict=True):
-        k = stop(f)
-        assert torch.equal(g, f if k is None else f[:k])
+def test_a_stop_string_cuts_the_document_and_its_ids_and_ends_the_row(tokenizer):
+    """Stop strings are found once, in the stream: the Document's text and the recorded ids both end with the token
+    that completed the stop; the row ends there (its budget was larger)."""
+    model = make_model(tokenizer.vocab, seed=5)
+    prompts = [Document.of("a red"), Document.of("a small blue")]
+    kw = dict(mode="text", max_new_tokens=40, temperature=1.0, seed=[4, 9])
+    full = Generation()
+    whole = generate_documents(model, tokenizer, prompts, record=full, **kw)
+    text = "".join(whole[0].texts)
+    stop = text[len(text) // 2:len(text) // 2 + 2]  # a string the first row writes midway
+    cut = Generation()
+    docs = generate_documents(model, tokenizer, prompts, record=cut, stop_strings=[stop], **kw)
+    for b, doc in enumerate(docs):
+        got, want = "".join(doc.texts), "".join(whole[b].texts)
+        end = want.find(stop)
+        assert got == (want if end < 0 else want[:end + len(stop)])
+        ids = cut.ids[b]
+        text_of = lambda i: tokenizer.decode_text([t for t in i if t != tokenizer.vocab.eos_id])  # noqa: E731
+        assert full.ids[b][:len(ids)] == ids and text_of(ids) == got
+        if end >= 0:  # the last id completes the stop: one id fewer does not hold it
+            assert stop not in text_of(ids[:-1]) and len(ids) < len(full.ids[b])
+    assert stop in "".join(docs[0].texts)
 
 
 def test_hf_chameleon_greedy_parity(tmp_path):
