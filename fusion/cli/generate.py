@@ -32,7 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prompt = Document.of(*[open_image(p) for p in args.image], *([args.prompt] if args.prompt else []))
     model = Fusion.from_pretrained(args.checkpoint, device=args.device)
-    config = model.generation_config.replace(**config_overrides(args, GenerationConfig))
+    try:
+        config = model.generation_config.replace(**config_overrides(args, GenerationConfig))
+    except ValueError as e:  # a flag's value out of range: the config says which and why
+        ap.error(str(e))
     docs = model.generate([prompt], config, seed=args.seed, compile=args.compile)
     write_html(args.out, [Document(prompt.segments + d.segments) for d in docs],
                title=f"fusion generate: {args.prompt[:60]}")

@@ -204,6 +204,12 @@ def test_save_load_round_trip_keeps_outputs_and_generation_defaults(fusion_model
                  str(tmp_path / "in.png"), "--guidance-scale", "2", "--num-return-sequences", "2", "--out", str(out),
                  "--device", "cpu", "--seed", "1"]) == 0
     assert out.read_text().count("<img src='data:image/png;base64,") == 4  # twice the prompt's, two generated
+    fast = tmp_path / "fast.html"
+    assert main(["--checkpoint", str(tmp_path / "ckpt"), "--prompt", "a red circle:", "--speculative",
+                 "--speculative-window", "4", "--out", str(fast), "--device", "cpu", "--seed", "1"]) == 0
+    assert fast.read_text().count("<img src='data:image/png;base64,") == 1
+    with pytest.raises(SystemExit):  # a value out of range is a usage error naming the flag's field
+        main(["--checkpoint", str(tmp_path / "ckpt"), "--prompt", "x", "--speculative-window", "1"])
 
 
 def test_to_moves_the_model(tokenizer):
