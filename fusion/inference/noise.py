@@ -76,6 +76,9 @@ class RowNoise:
         self.codes = torch.ones(B, *window, device=device) if window else None
         self.uniform = torch.zeros(B, window[0], device=device) if window else None
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.text, self.codes, self.uniform) if t is not None]
+
     def fill(self, image_rows: Sequence[bool] | None = None) -> None:
         """Fresh draws for every row: ``image_rows[b]`` True takes the speculative draws, else the text draws."""
         for b, g in enumerate(self.generators):

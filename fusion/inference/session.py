@@ -111,9 +111,10 @@ class DecodeSession:
         self._read = [0] * self.B
         self._plain, self._windowed = decode_one, window_step
         if compile:
-            if device.type == "cuda":  # CUDA graphs replay fixed addresses
+            if device.type == "cuda":  # CUDA graphs replay fixed addresses: what a step writes, or reads refilled
                 static = self.cache.k + self.cache.v + [self.cache.seqlens] + self.state.tensors()
-                for t in static + (self.window.tensors() if self.window else []):
+                static += (self.window.tensors() if self.window else []) + self.noise.tensors()
+                for t in static:
                     torch._dynamo.mark_static_address(t)
             self._plain, self._windowed = compiled(decode_one, device.type), compiled(window_step, device.type)
 
