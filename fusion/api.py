@@ -9,6 +9,7 @@ gives a list; one prompt gives one Document (a list when ``num_return_sequences`
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,9 +22,12 @@ from fusion.document import Document, Image, Text
 from fusion.inference.config import GenerationConfig
 from fusion.inference.generate import Generation, generate_documents, stream_documents
 from fusion.inference.noise import Seed
+from fusion.kernels import cpu_tune
 from fusion.model.transformer import Transformer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.train.export import load_decoder
+
+log = logging.getLogger(__name__)
 
 Part = str | PILImage.Image | Text | Image
 Prompt = Document | Part | Sequence[Part]
@@ -63,14 +67,21 @@ class Fusion:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device | None = None,
-                        dtype: torch.dtype | None = None, check_finite: bool = True) -> Fusion:
+                        dtype: torch.dtype | str | None = None, check_finite: bool = True) -> Fusion:
         """A checkpoint folder (``fusion.checkpoint`` names its files) or a training run folder (its newest complete
         checkpoint); device defaults to CUDA when present.
 
         Its ``generation_config.json`` becomes the defaults of ``generate``; ``check_finite`` refuses weights
-        holding NaN / inf (naming the tensors).
+        holding NaN / inf (naming the tensors). ``dtype``: the decoder's (default: the checkpoint's, fp32);
+        ``"auto"`` decodes in bf16 on CUDA and on a CPU with native bf16 (``cpu_tune.auto_dtype``).
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            dtype = cpu_tune.auto_dtype(device)
+            log.info("fusion.load: decoding in %s (dtype='auto' on %s)", str(dtype).removeprefix("torch."),
+                     torch.device(device).type)
+        elif isinstance(dtype, str):
+            raise ValueError(f"dtype must be a torch.dtype, None or 'auto', got {dtype!r}")
         path = resolve_checkpoint(path)
         model = load_decoder(path, device=device, dtype=dtype, check_finite=check_finite)
         tokenizer = MixedTokenizer.from_pretrained(path, model.cfg.vocab, device=device, check_finite=check_finite)

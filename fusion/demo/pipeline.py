@@ -7,6 +7,7 @@ is chosen on validation prompts and reported on separate held-out ones.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -63,6 +64,7 @@ class DemoConfig:
     stories: int = 4            # interleaved generations shown on the page
     single_prompts: int = 12    # captions generated one at a time to time plain vs speculative decoding at batch 1
     threads: int = 0            # torch threads; 0 = torch's default
+    dtype: str = "auto"         # the decoder's training (autocast) and decoding dtype: auto | bf16 | fp32
     progress: bool = True       # tqdm bars (off when stderr is not a terminal)
 
     @classmethod
@@ -81,6 +83,8 @@ class DemoReport:
     guidance: dict[str, dict[str, float]]  # scale -> {"validation": accuracy, "test": accuracy}
     seconds: dict[str, float]
     decoding: list[dict]  # plain vs speculative decoding of the held-out captions (scoring.compare_decoding)
+    dtype: str            # the decoder's compute dtype (trained under autocast in it, decoded in it)
+    heldout_ce: float     # the decoder's cross-entropy on held-out documents after training
 
 
 class _Clock:
@@ -96,21 +100,25 @@ class _Clock:
         self._t = time.perf_counter()
 
 
-def _train_decoder(cfg: DemoConfig, tokenizer: MixedTokenizer, token_docs: TokenDocs, out: Path) -> Transformer:
+def _train_decoder(cfg: DemoConfig, tokenizer: MixedTokenizer, token_docs: TokenDocs,
+                   out: Path) -> tuple[Transformer, str, float]:
+    """The trained decoder (fp32 weights), the dtype it trained in, and its last held-out cross-entropy."""
     model = Transformer(ModelConfig.preset("tiny", tokenizer.vocab))
     train_cfg = TrainConfig.preset("tiny", steps=cfg.lm_steps, batch_size=cfg.lm_batch, seq_len=cfg.seq_len,
                                    lr=cfg.lm_lr, warmup=max(1, cfg.lm_steps // 20), seed=cfg.seed,
                                    eval_every=cfg.lm_steps, save_every=cfg.lm_steps, keep_last=1,
                                    progress=cfg.progress, condition_dropout=cfg.condition_dropout,
-                                   compile=cfg.compile, whole_documents=cfg.whole_documents)
+                                   compile=cfg.compile, whole_documents=cfg.whole_documents,
+                                   dtype=cfg.dtype)
     train_docs, eval_docs = token_docs.split(0.05)
     v = tokenizer.vocab
     common = dict(seq_len=cfg.seq_len, batch_size=cfg.lm_batch, pad_id=v.pad_id, seed=cfg.seed,
                   whole_documents=cfg.whole_documents)
     dropout = ConditionDropout(cfg.condition_dropout, v.bos_id, v.boi_id)
-    Trainer(train_cfg, model, tokenizer, PackedDataset(train_docs, condition_dropout=dropout, **common),
-            PackedDataset(eval_docs, drop_last=False, **common), out / "lm").fit()
-    return model.eval()
+    trainer = Trainer(train_cfg, model, tokenizer, PackedDataset(train_docs, condition_dropout=dropout, **common),
+                      PackedDataset(eval_docs, drop_last=False, **common), out / "lm")
+    history = trainer.fit()
+    return model.eval(), trainer.dtype, next(m["eval_ce"] for m in reversed(history) if "eval_ce" in m)
 
 
 def run(cfg: DemoConfig) -> DemoReport:
@@ -133,18 +141,20 @@ def run(cfg: DemoConfig) -> DemoReport:
     tokenizer = MixedTokenizer(text, image.eval())
     token_docs = TokenDocs.from_arrays(tokenizer.encode_batch(docs), tokenizer.vocab.size)
     clock.lap("tokenize")
-    model = _train_decoder(cfg, tokenizer, token_docs, out)
+    model, dtype, heldout_ce = _train_decoder(cfg, tokenizer, token_docs, out)
     clock.lap("decoder")
 
+    decoder = copy.deepcopy(model).to(torch.bfloat16) if dtype == "bf16" else model  # the checkpoint stays fp32
+    scores: Scores = score(Fusion(decoder, tokenizer), world, cfg)
     fusion_model = Fusion(model, tokenizer)
-    scores: Scores = score(fusion_model, world, cfg)
     fusion_model.generation_config = fusion_model.generation_config.replace(
         guidance_scale=scores.best_scale, temperature=cfg.image_temperature)  # the checkpoint's defaults
     fusion_model.save_pretrained(out / "checkpoint")
     clock.lap("generate")
 
     report = DemoReport(scores.text_to_image[scores.best_scale]["test"], scores.image_to_caption, scores.best_scale,
-                        {str(s): a for s, a in scores.text_to_image.items()}, clock.seconds, scores.decoding)
+                        {str(s): a for s, a in scores.text_to_image.items()}, clock.seconds, scores.decoding, dtype,
+                        heldout_ce)
     write_page(out, cfg, report, scores)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     return report

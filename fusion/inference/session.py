@@ -18,6 +18,7 @@ from fusion.inference.noise import RowNoise, RowSeed
 from fusion.inference.prompts import PromptBatch, prepare_prompts
 from fusion.inference.speculative import Window, window_step
 from fusion.inference.step import Knobs, Masks, RowState, StepOptions, choose, compiled, decode_one
+from fusion.kernels import cpu_paths
 from fusion.model.cache import KVCache, bucket_length
 from fusion.model.transformer import Transformer
 from fusion.vocab import Vocab
@@ -110,6 +111,8 @@ class DecodeSession:
         self.finished = False  # no pass is left to run: the budget is spent, or (known on the host) every row is done
         self._read = [0] * self.B
         self._plain, self._windowed = decode_one, window_step
+        if device.type == "cpu":  # measured choices of fast paths, made before anything is traced
+            cpu_paths.prepare_decode(model, len(batch.rows), (1, W) if W > 1 else (1,), self.cache.k[0], compile)
         if compile:
             if device.type == "cuda":  # CUDA graphs replay fixed addresses: what a step writes, or reads refilled
                 static = self.cache.k + self.cache.v + [self.cache.seqlens] + self.state.tensors()

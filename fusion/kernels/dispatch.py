@@ -1,11 +1,10 @@
-"""Per-op backend choice: triton | flash_attn | sdpa | eager | chunked.
+"""Per-op backend choice: triton | flash_attn | sdpa | eager | chunked | math.
 
-Every hot op of the model is called through this module, so a backend can be
-swapped without touching model code. The choice is explicit: the default is
-picked from the device (Triton on CUDA when installed; SDPA / eager on CPU, and
-the ``chunked`` fused linear-CE everywhere; flash_attn only when asked), the env var
-``FUSION_KERNELS="attention=sdpa,rms_norm=eager"`` or ``set_backend`` override
-it, and each op logs the backend it runs once.
+Every hot op of the model is called through this module, so a backend can be swapped without touching model
+code. The choice is explicit: the default is picked from the device (Triton on CUDA when installed; SDPA / eager
+on CPU, where ``cpu_paths`` may pick another form by measurement, and the ``chunked`` fused linear-CE everywhere;
+flash_attn only when asked), the env var ``FUSION_KERNELS="attention=sdpa,rms_norm=eager"`` or ``set_backend``
+override it, and each op logs the backend it runs once.
 
 Tensor layouts (the contract every backend implements):
 - attention:   q [B, Hq, T, D], k/v [B, Hkv, T, D] (Hq % Hkv == 0), optional
@@ -19,13 +18,12 @@ Tensor layouts (the contract every backend implements):
                allowed) -> (ce [N], lse [N]) per token; ignored rows give 0
 - rope:        q [B, Hq, T, D], k [B, Hk, T, D], cos/sin [T, D], [B, T, D] or
                [B, 1, T, D] (rotate-half convention) -> (q, k) rotated
-- linear:      x [..., K], weight [N, K] -> [..., N] (no backend choice: one rule, ``linear``)
+- linear:      x [..., K], weight [N, K] -> [..., N] (no backend choice: ``linear``)
 
-Triton backends on CPU run only under ``TRITON_INTERPRET=1`` (set before triton
-is imported); that is how tests exercise them. A Triton kernel that fails to
-build on the GPU at hand falls back to the CPU default with one warning
-(``fallback.py``; ``FUSION_STRICT_KERNELS=1`` makes it an error). The triton attention backend
-reads ``doc_ids`` as contiguous runs (how packing lays documents out).
+Triton backends on CPU run only under ``TRITON_INTERPRET=1`` (set before triton is imported); that is how tests
+exercise them. A Triton kernel that fails to build on the GPU at hand falls back to the CPU default with one
+warning (``fallback.py``; ``FUSION_STRICT_KERNELS=1`` makes it an error). The triton attention backend reads
+``doc_ids`` as contiguous runs (how packing lays documents out).
 """
 
 from __future__ import annotations
@@ -38,6 +36,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from fusion.kernels import cpu_paths
 from fusion.vocab import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -70,9 +69,10 @@ def set_backend(op: str, backend: str | None) -> None:
         _overrides[op] = backend
 
 
-def backend_for(op: str, device: torch.device) -> str:
-    """The backend ``op`` runs on ``device``: override, env var, then device default."""
-    choice = _overrides.get(op) or _env_overrides().get(op) or _default(op, device)
+def backend_for(op: str, device: torch.device, tuned: str | None = None) -> str:
+    """The backend ``op`` runs on ``device``: override, env var, then ``tuned`` (a CPU choice measured on this
+    machine, ``cpu_paths``), then the device default."""
+    choice = _overrides.get(op) or _env_overrides().get(op) or tuned or _default(op, device)
     if choice not in _IMPLS[op]:
         raise ValueError(f"backend {choice!r} is not available for {op}; have {sorted(_IMPLS[op])}")
     if not torch.compiler.is_compiling() and (op, choice) not in _logged:  # traced, logging breaks the graph
@@ -91,18 +91,12 @@ def _default(op: str, device: torch.device) -> str:
 
 # ---------------------------------------------------------------- linear
 
-# Decoding reads every weight once per step. On the 2-core CPU machine (fp32, weights cold, 2026-11-24),
-# Inductor's multiply-and-sum reduction beats MKL's gemm up to 8 rows: 1408 x 512 at 1 row 113 vs 314 us, at 8
-# rows 277 vs 359 us (MKL ahead at 16: 390 vs 450); the 12288 x 512 lm_head streams at 25 GB/s (0.99 ms, a plain
-# sum of the same weights 0.69 ms). Eager, the product would be materialised: mm there.
-GEMV_MAX_ROWS = 8
-
-
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T``; written as a reduction when a compiled CPU graph multiplies at most ``GEMV_MAX_ROWS``
-    rows (a decode step), ``F.linear`` everywhere else."""
-    if x.device.type == "cpu" and torch.compiler.is_compiling() and x.numel() <= GEMV_MAX_ROWS * x.shape[-1]:
-        return (x.unsqueeze(-2) * weight).sum(-1)
+    """``x @ weight.T``. A compiled CPU graph of few rows (a decode step) may write it as a reduction that streams
+    the weights once, as ``cpu_paths.linear_form`` says (measured on this machine). Eager: always ``F.linear``."""
+    if x.device.type == "cpu" and torch.compiler.is_compiling() and \
+            cpu_paths.linear_form(x.numel() // x.shape[-1], x.shape[-1], weight.shape[0], x.dtype) == "reduce":
+        return cpu_paths.reduce_linear(x, weight)
     return F.linear(x, weight)
 
 
@@ -245,7 +239,7 @@ def _decode_flash(q, k_cache, v_cache, cache_seqlens, *, scale):
 
 _IMPLS: dict[str, dict[str, object]] = {
     "attention": {"sdpa": _attention_sdpa, "eager": _attention_eager},
-    "decode_attention": {"sdpa": _decode_sdpa},
+    "decode_attention": {"sdpa": _decode_sdpa, "math": cpu_paths.decode_math},
     "rms_norm": {"eager": _rms_norm_eager},
     "swiglu": {"eager": _swiglu_eager},
     "linear_cross_entropy": {"eager": _linear_cross_entropy_eager, "chunked": _linear_cross_entropy_chunked},
@@ -274,9 +268,16 @@ def attention(q, k, v, *, causal: bool = True, doc_ids=None, scale: float | None
 
 
 def decode_attention(q, k_cache, v_cache, cache_seqlens, *, scale: float | None = None):
-    """Attention of Tq new query tokens against a KV cache with per-row lengths."""
-    return _IMPLS["decode_attention"][backend_for("decode_attention", q.device)](
+    """Attention of Tq new query tokens against a KV cache with per-row lengths. On a CPU: the form measured for
+    this shape class and mode (eager / compiled) when a decode session prepared it (``cpu_paths``), else SDPA."""
+    tuned = cpu_paths.decode_form(q, k_cache, torch.compiler.is_compiling()) if q.device.type == "cpu" else None
+    return _IMPLS["decode_attention"][backend_for("decode_attention", q.device, tuned)](
         q, k_cache, v_cache, cache_seqlens, scale=scale)
+
+
+def decode_attention_impl(backend: str):
+    """One decode-attention backend by name (what the CPU tuner times)."""
+    return _IMPLS["decode_attention"][backend]
 
 
 def rms_norm(x, weight, eps: float = 1e-5):

@@ -37,7 +37,10 @@ class TrainConfig:
     whole_documents: bool = field(default=False, metadata={
         "help": "a document that fits in one sequence never straddles two (documents are placed first-fit; "
                 "what is left of a sequence is padding): no caption trains apart from its image"})
-    dtype: str = "auto"            # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+    dtype: str = field(default="auto", metadata={
+        "choices": ("auto", "bf16", "fp32"),
+        "help": "compute dtype, kept on resume: bf16 autocasts over fp32 weights; auto is bf16 on CUDA and on a CPU "
+                "with native bf16 that measures faster (remembered per machine), else fp32"})
     compile: bool = False
     activation_checkpointing: bool = False
     parallel: str = field(default="fsdp", metadata={"help": "fsdp (FSDP2) or ddp, under torchrun"})

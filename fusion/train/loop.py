@@ -48,6 +48,7 @@ from fusion.train.export import export_weights
 from fusion.train.metrics_log import MetricsLog
 from fusion.train.mfu import mfu, peak_flops
 from fusion.train.packing import PackedDataset
+from fusion.train.precision import recorded_dtype, resolve_dtype
 from fusion.vocab import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,18 @@ class Trainer:
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]  # norms and biases
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                            fused=self.device.type == "cuda")
-        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.device.type == "cuda")
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        # rank 0 resolves (and may measure) "auto"; every rank trains in its answer
+        self.use_dtype(gather_objects(together(lambda: resolve_dtype(cfg.dtype, self.device), main_only=True))[0])
         self.step, self.bad_steps = 0, 0
         self.history: list[dict] = []
         self.log = MetricsLog(self.out_dir, enabled=self.info.is_main)
         self.peak = peak_flops(self.device)
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
+
+    def use_dtype(self, dtype: str) -> None:
+        """Train and evaluate in ``dtype`` ("bf16": autocast over fp32 master weights; "fp32": no autocast)."""
+        self.dtype = dtype
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
 
     # ------------------------------------------------------------ training
 
@@ -257,15 +263,19 @@ class Trainer:
         self.tokenizer.save_pretrained(folder)
         write_json(folder / TRAINER_STATE, {
             "step": self.step, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
-            "world_size": self.info.world_size, "data": self.train_data.state_dict(),
+            "world_size": self.info.world_size, "dtype": self.dtype, "data": self.train_data.state_dict(),
             "metrics": self.history[-1] if self.history else {}})
 
     def resume(self, folder: str | os.PathLike) -> None:
-        """Restore model, optimizer and data position from a step folder, on any number of ranks; refuses a
-        changed config (naming the fields) except the ones in ``RESUMABLE_CHANGES``."""
+        """Restore model, optimizer and data position from a step folder, on any number of ranks; refuses a changed
+        config (naming the fields) but ``RESUMABLE_CHANGES``, and an explicit dtype other than the run's (kept)."""
         folder = Path(folder)
         state = run_folder.load_trainer_state(folder)
-        diff = run_folder.config_diff(state["config"], self.cfg.to_dict(), ignore=RESUMABLE_CHANGES)
+        recorded = recorded_dtype(state, self.device)
+        ignore = RESUMABLE_CHANGES + (("dtype",) if recorded else ())
+        diff = run_folder.config_diff(state["config"], self.cfg.to_dict(), ignore=ignore)
+        if recorded and self.cfg.dtype not in ("auto", recorded):
+            diff.append(f"dtype: the run trained in {recorded}, the config asks for {self.cfg.dtype}")
         diff += ["model." + d for d in run_folder.config_diff(state["model_config"], self.model.cfg.to_dict())]
         if state["step"] > self.cfg.steps:
             diff.append(f"steps: {self.cfg.steps} is before the checkpoint's step {state['step']}")
@@ -274,11 +284,14 @@ class Trainer:
         self.train_data.load_state_dict(state["data"])
         load_state(self.model, self.optimizer, folder / TRAINING_STATE)
         self.step, self.bad_steps = int(state["step"]), 0
+        if recorded and recorded != self.dtype:  # "auto" resolved otherwise here: the numerics stay the run's
+            log.info("keeping the run's %s (auto would pick %s here)", recorded, self.dtype)
+            self.use_dtype(recorded)
         saved_steps = state["config"]["steps"]
         if self.info.is_main and saved_steps != self.cfg.steps:
             before = self.cfg.lr * lr_factor(dataclasses.replace(self.cfg, steps=saved_steps), self.step)
             log.warning("the run goes on to %d steps instead of %d: the cosine now ends at step %d, so step %d "
                         "trains at LR %.3g instead of %.3g", self.cfg.steps, saved_steps, self.cfg.steps,
                         self.step + 1, self.cfg.lr * lr_factor(self.cfg, self.step), before)
-        log.info("resumed from %s at step %d (saved by %d process(es), now %d)", folder, self.step,
-                 state["world_size"], self.info.world_size)
+        log.info("resumed from %s at step %d in %s (saved by %d process(es), now %d)", folder, self.step,
+                 self.dtype, state["world_size"], self.info.world_size)

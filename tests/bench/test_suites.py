@@ -1,5 +1,6 @@
 """Every ``fusion bench`` suite runs end to end on a CPU with tiny shapes (a smoke test, never a number)."""
 
+import json
 import math
 import os
 import subprocess
@@ -99,25 +100,118 @@ def test_cli_flags_come_from_the_options_dataclass():
     assert set(SUITES) == {"static", "attention", "decode", "ops", "train", "generate", "vq", "cpu", "tokenize"}
 
 
-def test_cpu_suite_against_hf_on_a_tiny_model():
+def _tiny_cpu(tmp_path, **kw):
     pytest.importorskip("transformers")
     from fusion.bench import cpu
 
-    opts = cpu.Options(hidden=64, layers=1, heads=2, text_tokens=256, prompt=8, new_tokens=4, batches=(1, 2),
-                       train_batch=2, train_seq=16, reps=1, compile=False, windows=(4,))
+    return cpu.Options(**{**dict(hidden=64, layers=1, heads=2, text_tokens=256, prompt=8, new_tokens=4, batches=(1, 2),
+                                 train_batch=2, train_seq=16, reps=1, compile=False, windows=(4,), roof_n=256,
+                                 out=str(tmp_path)), **kw})
+
+
+def test_cpu_suite_against_hf_on_a_tiny_model(tmp_path, capsys):
+    from fusion.bench import cpu
+    from fusion.kernels import cpu_tune
+
+    opts = _tiny_cpu(tmp_path)
     rows = cpu.run(opts)
-    assert [r["work"] for r in rows] == ["generate bs1", "generate bs2", "train", "image window W=4 bs1",
-                                         "image window W=4 bs2"]
+    # FUSION_TUNE=off in the tests: "auto" is fp32 alone
+    assert [(r["work"], r["dtype"]) for r in rows] == [
+        ("generate bs1", "fp32"), ("generate bs2", "fp32"), ("train", "fp32"), ("window W=4 bs1", "fp32"),
+        ("window W=4 bs2", "fp32")]
     assert all(r["fusion_tok_s"] > 0 and "x a plain step" in r["note"] for r in rows[3:])
     rows = rows[:3]
     for r in rows:
-        assert r["greedy_ids_equal_hf"] and r["hf_tok_s"] > 0 and r["fusion_tok_s"] > 0
+        assert r["parity"] and r["mean_kl"] is None and r["vs_fusion_fp32"] is None
+        assert r["hf_best_dtype"] == "fp32" and r["hf_best_tok_s"] == r["hf_fp32_tok_s"] > 0 and r["fusion_tok_s"] > 0
+        assert math.isclose(r["fusion_vs_hf_best"], r["fusion_tok_s"] / r["hf_fp32_tok_s"])
         assert math.isclose(r["fusion_of_roof"], r["fusion_tok_s"] / r["roof_tok_s"])
+    header = json.loads((tmp_path / "cpu_run.json").read_text())
+    assert header["dtypes"] == ["fp32"] and header["tuner"] is False and header["choices"] == []
+    out = capsys.readouterr().out
+    assert f"machine: {cpu_tune.Machine.current().describe()}" in out and "tuner: off (FUSION_TUNE=off)" in out
     # the decode roof's bytes, counted from the shapes: every matrix once, the lm_head, and (batch 2) two
     # embedding rows; width 64, ffn int(64 * 2.75) = 176, 2 heads of 32, vocab 8192 + 256
     model = cpu.build_models(opts, Path(os.environ.get("TMPDIR", "/tmp")) / "fusion-cpu-bench-test")[1]
     layer = 4 * 64 * 64 + 3 * 64 * 176 + 2 * 64 + 2 * (2 * 2 * 32)  # attention, MLP, two norms, q / k norms
     assert cpu.step_bytes(model, 2) == 4 * (layer + 64 + 8448 * 64 + 2 * 64)
+    assert math.isclose(rows[1]["roof_tok_s"], 2 * header["read_GB_s"] * 1e9 / cpu.step_bytes(model, 2))
+    assert math.isclose(rows[2]["roof_tok_s"], header["matmul_GFLOP_s"]["fp32"] * 1e9 / model.flops_per_token(16))
+
+
+def test_cpu_suite_times_fusion_and_hf_in_every_dtype(tmp_path, capsys):
+    """One row per (work, dtype), each against HF's fastest dtype; bf16 is gated on following HF fp32's logits."""
+    from fusion.bench import cpu
+    from fusion.numerics import Agreement
+
+    rows = cpu.run(_tiny_cpu(tmp_path, dtypes=("fp32", "bf16"), windows=(0,)))
+    works = ["generate bs1", "generate bs2", "train"]
+    assert [(r["work"], r["dtype"]) for r in rows] == [(w, d) for w in works for d in ("fp32", "bf16")]
+    for r in rows:
+        hf = {d: r[f"hf_{d}_tok_s"] for d in ("fp32", "bf16")}
+        assert min(hf.values()) > 0 and r["hf_best_tok_s"] == max(hf.values()) == hf[r["hf_best_dtype"]]
+        assert math.isclose(r["fusion_vs_hf_best"], r["fusion_tok_s"] / r["hf_best_tok_s"])
+        assert math.isclose(r["fusion_of_roof"], r["fusion_tok_s"] / r["roof_tok_s"])
+    header = json.loads((tmp_path / "cpu_run.json").read_text())
+    rates = header["matmul_GFLOP_s"]
+    for fp32, bf16 in zip(rows[::2], rows[1::2], strict=True):
+        assert fp32["hf_fp32_tok_s"] == bf16["hf_fp32_tok_s"] and fp32["hf_bf16_tok_s"] == bf16["hf_bf16_tok_s"]
+        assert fp32["vs_fusion_fp32"] is None and fp32["parity"] and fp32["mean_kl"] is None
+        assert math.isclose(bf16["vs_fusion_fp32"], bf16["fusion_tok_s"] / fp32["fusion_tok_s"])
+        assert bf16["parity"] and 0 <= bf16["mean_kl"] <= Agreement.KL_LIMIT
+        # bf16 roofs: half the weight bytes a decode step reads; this run's bf16 matmul rate for training
+        ratio = rates["bf16"] / rates["fp32"] if fp32["work"] == "train" else 2
+        assert math.isclose(bf16["roof_tok_s"] / fp32["roof_tok_s"], ratio)
+    hf_bf16 = header["parity"]["bf16"]  # HF bf16 against HF fp32, by the same rule
+    assert isinstance(hf_bf16["hf_parity"], bool) and 0 <= hf_bf16["hf_mean_kl"] < math.inf
+    assert "parity bf16" in capsys.readouterr().out
+
+
+def test_cpu_suite_dtypes_and_tune_flags():
+    from fusion.bench import cpu
+
+    assert cpu.resolve_dtypes(("auto",)) == ("fp32",)  # FUSION_TUNE=off: bf16 is never confirmed
+    assert cpu.resolve_dtypes(("bf16", "auto", "fp32")) == ("bf16", "fp32")
+    with pytest.raises(ValueError, match="fp16"):
+        cpu.resolve_dtypes(("fp16",))
+    import argparse
+    parser = cli.suite_parser(argparse.ArgumentParser().add_subparsers(), "cpu", cpu.Options)
+    opts = cpu.Options(**config_overrides(parser.parse_args(["--dtypes", "fp32", "bf16", "--tune"]), cpu.Options))
+    assert opts.dtypes == ("fp32", "bf16") and opts.tune and cpu.Options().dtypes == ("auto",)
+
+
+def test_cpu_suite_tune_makes_the_choices_before_timing(tmp_path, monkeypatch, capsys):
+    """With the tuner on, the first timed decode at a new batch size pays for measuring its choices, unless --tune's
+    untimed round made them first; the header lists them."""
+    from fusion.bench import cpu
+    from fusion.kernels import cpu_paths, cpu_tune
+
+    measured, calls = [], []
+    time_calls, generate = cpu_tune.time_calls, cpu.fusion_generate
+    monkeypatch.setattr(cpu_tune, "time_calls", lambda *a, **kw: measured.append(1) or time_calls(*a, **kw))
+
+    def counted(*a, **kw):  # measurements made inside each fusion decode, in call order
+        before = len(measured)
+        out = generate(*a, **kw)
+        calls.append(len(measured) - before)
+        return out
+
+    monkeypatch.setattr(cpu, "fusion_generate", counted)
+    monkeypatch.setenv("FUSION_TUNE", "on")
+    for tune in (False, True):
+        monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / f"cache-{tune}"))
+        for table in ("_linear", "_decode"):
+            monkeypatch.setattr(cpu_paths, table, {})
+        monkeypatch.setattr(cpu_tune, "_cache", None)
+        calls.clear()
+        cpu.run(_tiny_cpu(tmp_path, dtypes=("fp32",), batches=(2,), windows=(0,), tune=tune))
+        # the parity check decodes one row, then come the decodes of two rows: with --tune an untimed one first,
+        # which measures the choices for two rows, so that the timed one measures nothing
+        assert len(calls) == 2 + tune and calls[1] > 0 and calls[2:] == ([0] if tune else [])
+    choices = json.loads((tmp_path / "cpu_run.json").read_text())["choices"]
+    assert sorted(c["shape"][1] for c in choices if c["site"] == "decode_attention") == [1, 2]  # rows, as tuned
+    assert all(set(c["seconds"]) == {"sdpa", "math"} for c in choices if c["site"] == "decode_attention")
+    assert "tuner choices for this machine (" in capsys.readouterr().out
 
 
 def test_speculative_suite_on_a_saved_checkpoint(tmp_path, monkeypatch):

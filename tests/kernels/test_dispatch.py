@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fusion.kernels import dispatch
+from fusion.kernels import cpu_paths, dispatch
 from fusion.model.cache import KVCache
 from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
@@ -91,7 +91,7 @@ def test_linear_is_a_reduction_in_a_compiled_cpu_decode_and_a_matmul_elsewhere()
         targets.append({str(n.target) for n in gm.graph.nodes if n.op in ("call_function", "call_method")})
         return gm.forward
 
-    for rows in (1, dispatch.GEMV_MAX_ROWS, dispatch.GEMV_MAX_ROWS + 1):
+    for rows in (1, cpu_paths.GEMV_MAX_ROWS, cpu_paths.GEMV_MAX_ROWS + 1):
         x = torch.randn(rows, 1, 64, generator=g, dtype=torch.float64)
         got = torch.compile(dispatch.linear, backend=recording_backend, fullgraph=True)(x, weight)
         torch.testing.assert_close(got, torch.einsum("btk,nk->btn", x, weight), rtol=1e-12, atol=1e-12)
