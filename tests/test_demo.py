@@ -4,9 +4,7 @@ the full demo and its accuracy targets run in .ci/run."""
 import base64
 import io
 import json
-import os
 import re
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -86,42 +84,12 @@ def test_page_holds_summary_grid_table_stories_and_decodable_images(quick_demo):
         PILImage.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).load()
 
 
-def _chromium():
-    """(chromium, chromedriver) paths with selenium importable; None (why) when something is missing."""
-    paths = [shutil.which(p) for p in ("chromium", "chromedriver")]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return None, "selenium is not installed"
-    return (paths, "") if all(paths) else (None, "chromium / chromedriver are not installed (apt-get install "
-                                                  "chromium chromium-driver)")
-
-
-def test_page_renders_in_headless_chromium(quick_demo, tmp_path):
-    paths, why = _chromium()
-    if paths is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true requires the headless-browser check: {why}")
-        pytest.skip(f"headless Chromium check skipped: {why}")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = paths[0]
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-                f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(paths[1]))
-    try:
-        driver.get((quick_demo[0] / "index.html").resolve().as_uri())
-        summary = driver.execute_script("return document.getElementById('summary').textContent")
-        total, decoded = driver.execute_script(
-            "const imgs = [...document.images]; "
-            "return [imgs.length, imgs.filter(i => i.complete && i.naturalWidth > 0).length]")
-    finally:
-        driver.quit()
+def test_page_renders_in_headless_chromium(quick_demo, chromium):
+    chromium.get((quick_demo[0] / "index.html").resolve().as_uri())
+    summary = chromium.execute_script("return document.getElementById('summary').textContent")
+    total, decoded = chromium.execute_script(
+        "const imgs = [...document.images]; "
+        "return [imgs.length, imgs.filter(i => i.complete && i.naturalWidth > 0).length]")
     assert summary == "Summary" and total >= 2 * QUICK.eval_prompts + 2 and decoded == total
 
 

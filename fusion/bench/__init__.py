@@ -16,4 +16,6 @@ SUITES: dict[str, tuple[str, str]] = {
                                           "text tokens/s"),
     "cpu": ("fusion.bench.cpu", "CPU: fusion vs HF transformers generation and training tokens/s, next to this "
                                "machine's read-bandwidth and matmul roofs"),
+    "serve": ("fusion.bench.serve", "concurrent clients against fusion serve on 127.0.0.1: tokens/s, images/s, time "
+                                    "to first token / image, batched vs one request at a time, RSS"),
 }

@@ -1,4 +1,5 @@
-"""The ``fusion`` command: demo | train | train-vq | train-bpe | fetch-images | generate | export | convert | bench."""
+"""The ``fusion`` command: demo | train | train-vq | train-bpe | fetch-images | generate | serve | export | convert |
+bench."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ COMMANDS = {
     "train-bpe": "train the sentencepiece BPE text tokenizer",
     "fetch-images": "fetch a corpus's image URLs into the local cache (for offline training)",
     "generate": "generate a mixed text+image document from a prompt",
+    "serve": "an HTTP server: native and OpenAI-compatible APIs, metrics, a playground page",
     "export": "a training run's newest checkpoint as an inference folder (HF sharded safetensors)",
     "convert": "import a local Chameleon / Anole checkpoint (HF or Meta layout), or attach a VQGAN decoder",
     "bench": "benchmarks: GPU kernel timings, the static sm_80 / sm_90 compile report",

@@ -59,9 +59,9 @@ def decode(session: DecodeSession, sync_every: int = SYNC_EVERY) -> Iterator[lis
     over = False
     while not over:
         for _ in range(sync_every):
-            session.step()
             if session.finished:
                 break
+            session.step()
         new, over = session.collect()
         yield new
 

@@ -65,23 +65,35 @@ class RowNoise:
     A row decoding one token draws ``text`` [V] Exp(1) values (the sampler's noise); a row inside an image of a
     speculative session draws ``codes`` [W, C] Exp(1) values and ``uniform`` [W] Uniform(0, 1) values instead.
     So a pass takes a fixed amount of a row's stream, set by the row's own mode, whatever its batch or however
-    many tokens the pass accepts. Unfilled (greedy), ``text`` and ``codes`` hold ones and ``uniform`` zeros.
+    many tokens the pass accepts. Only rows given a generator (``assign``) draw: guidance copies and free slots
+    do not. Unfilled (greedy), ``text`` and ``codes`` hold ones and ``uniform`` zeros.
     """
 
-    def __init__(self, seeds: Sequence[RowSeed], vocab_size: int, device: torch.device,
+    def __init__(self, rows: int, vocab_size: int, device: torch.device,
                  window: tuple[int, int] | None = None) -> None:
-        self.generators = [_generator(s, device) for s in seeds]
-        B = len(seeds)
-        self.text = torch.ones(B, vocab_size, device=device)
-        self.codes = torch.ones(B, *window, device=device) if window else None
-        self.uniform = torch.zeros(B, window[0], device=device) if window else None
+        self.device = device
+        self.generators: list[torch.Generator | None] = [None] * rows
+        self.text = torch.ones(rows, vocab_size, device=device)
+        self.codes = torch.ones(rows, *window, device=device) if window else None
+        self.uniform = torch.zeros(rows, window[0], device=device) if window else None
 
     def tensors(self) -> list[torch.Tensor]:
         return [t for t in (self.text, self.codes, self.uniform) if t is not None]
 
-    def fill(self, image_rows: Sequence[bool] | None = None) -> None:
-        """Fresh draws for every row: ``image_rows[b]`` True takes the speculative draws, else the text draws."""
-        for b, g in enumerate(self.generators):
+    def assign(self, row: int, seed: RowSeed) -> None:
+        """Give ``row`` its own stream (``seed``: see the module doc)."""
+        self.generators[row] = _generator(seed, self.device)
+
+    def release(self, row: int) -> None:
+        self.generators[row] = None
+
+    def fill(self, image_rows: Sequence[bool] | None = None, rows: Sequence[int] | None = None) -> None:
+        """Fresh draws for each row with a generator (of ``rows``, default all): ``image_rows[b]`` True takes the
+        speculative draws, else the text draws."""
+        for b in range(len(self.generators)) if rows is None else rows:
+            g = self.generators[b]
+            if g is None:
+                continue
             if image_rows is not None and image_rows[b]:
                 self.codes[b].exponential_(generator=g)
                 self.uniform[b].uniform_(generator=g)

@@ -25,7 +25,18 @@ from dataclasses import dataclass
 import torch
 
 from fusion.inference import sampling
-from fusion.inference.step import Knobs, Masks, RowState, StepOptions, advance, guide, pick
+from fusion.inference.step import (
+    Copies,
+    Knobs,
+    Masks,
+    RowState,
+    StepOptions,
+    advance,
+    finite_with_copies,
+    guide,
+    per_position,
+    pick,
+)
 from fusion.model.cache import KVCache
 from fusion.model.transformer import Transformer
 
@@ -65,7 +76,9 @@ def accept(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor,
 
 
 def target_probs(x: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """Processed logits [.., C] -> the distribution plain sampling draws from: softmax(x / T), one-hot at T = 0."""
+    """Processed logits [B, W, C] -> the distribution plain sampling draws from: softmax(x / T), one-hot at T = 0
+    (``temperature`` 0-dim or per row [B])."""
+    temperature = temperature.view(-1, 1, 1) if temperature.dim() else temperature
     greedy = torch.nn.functional.one_hot(x.argmax(-1), x.shape[-1]).to(torch.float32)
     return torch.where(temperature > 0, (x / temperature.clamp(min=1e-6)).softmax(-1, dtype=torch.float32), greedy)
 
@@ -87,19 +100,18 @@ def _window_seen(state: RowState, drafts: torch.Tensor, opts: StepOptions) -> to
     return torch.cat([torch.zeros_like(before[:, :1]), before], 1) | seen[:, None]
 
 
-def targets(logits: torch.Tensor, drafts: torch.Tensor, state: RowState, opts: StepOptions,
-            knobs: Knobs) -> tuple[torch.Tensor, torch.Tensor]:
-    """[G*B, W, V] logits -> (p [B, W, C] over the codes at each window position, whether each position's raw or
+def targets(logits: torch.Tensor, drafts: torch.Tensor, state: RowState, opts: StepOptions, knobs: Knobs,
+            copies: Copies) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, W, V] logits -> (p [B, W, C] over the codes at each window position, whether each position's raw or
     processed logits were broken [B, W]): guided, penalised, top-k / top-p filtered, tempered."""
     B, W, C = drafts.shape[0], opts.window, opts.codebook
     codes = logits[..., opts.image_start:opts.image_start + C]
-    x = guide(codes, state.in_image, opts, knobs, None).reshape(B * W, C)
+    x = guide(codes, state.in_image, opts, knobs, copies, None).reshape(B * W, C)
     seen = _window_seen(state, drafts, opts).reshape(B * W, C) if opts.use_penalty else None
-    x = sampling.process(x, seen=seen, repetition_penalty=knobs.repetition_penalty,
-                         top_k=knobs.top_k if opts.top_k_cap else 0, top_k_cap=opts.top_k_cap or None,
-                         top_p=knobs.top_p if opts.use_top_p else 1.0).view(B, W, C)
-    raw_bad = ~codes.amax(-1).isfinite().view(opts.groups, B, W).all(0)
-    return target_probs(x, knobs.temperature), raw_bad | ~x.amax(-1).isfinite()
+    x = sampling.process(x, seen=seen, repetition_penalty=per_position(knobs.repetition_penalty, W),
+                         top_k=per_position(knobs.top_k, W) if opts.top_k_cap else 0, top_k_cap=opts.top_k_cap or None,
+                         top_p=per_position(knobs.top_p, W) if opts.use_top_p else 1.0).view(B, W, C)
+    return target_probs(x, knobs.temperature), ~finite_with_copies(codes, copies) | ~x.amax(-1).isfinite()
 
 
 def _at(t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
@@ -171,24 +183,26 @@ def next_drafts(window: Window, p: torch.Tensor, verdict: Verdict, fresh: torch.
 
 
 def window_step(model: Transformer, cache: KVCache, tok: torch.Tensor, window: Window, state: RowState,
-                masks: Masks, opts: StepOptions, knobs: Knobs, noise: torch.Tensor, code_noise: torch.Tensor,
-                uniform: torch.Tensor) -> torch.Tensor:
+                masks: Masks, opts: StepOptions, knobs: Knobs, copies: Copies, noise: torch.Tensor,
+                code_noise: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """One pass of W tokens per row: image rows verify their drafts, text rows take one token from the first
-    position (plain decoding's choice). Returns each row's new last token [B]; no host sync.
+    position (plain decoding's choice); copies are fed their source row's tokens. Returns each row's new last
+    token [B]; no host sync.
 
     ``noise`` [B, V]: text rows' Exp(1) draws; ``code_noise`` [B, W, C]: image rows' (row 0 for the pass's last
     token, rows 1.. for the next drafts); ``uniform`` [B, W]: the acceptance tests' draws."""
-    W, G = opts.window, opts.groups
+    W = opts.window
     start_windows(window, opts)
-    logits = model(torch.cat([tok[:, None], window.drafts + opts.image_start], 1).repeat(G, 1), cache=cache)
-    text_tok, text_broken = pick(logits[:, 0], state, masks, opts, knobs, noise)
-    p, bad = targets(logits, window.drafts, state, opts, knobs)
+    fed = torch.cat([tok[:, None], window.drafts + opts.image_start], 1)[copies.source]
+    logits = model(fed, cache=cache)
+    text_tok, text_broken = pick(logits[:, 0], state, masks, opts, knobs, copies, noise)
+    p, bad = targets(logits, window.drafts, state, opts, knobs, copies)
     verdict = verify(p, bad, window, state, opts, code_noise[:, 0], uniform)
     inside = state.in_image.clone()  # advance() updates the state in place
     toks = torch.where(inside[:, None], verdict.toks, torch.cat([text_tok[:, None], verdict.toks[:, 1:]], 1))
     count = torch.where(inside, verdict.count, 1)
     next_drafts(window, p, verdict, code_noise[:, 1:], opts)
-    cache.seqlens.sub_((W - count).repeat(G))  # the cache keeps the last token and the accepted drafts
+    cache.seqlens.sub_((W - count)[copies.source])  # the cache keeps the last token and the accepted drafts
     advance(state, toks, count, torch.where(inside, verdict.broken, text_broken), opts)
     window.active.copy_(inside & state.in_image & ~state.done)  # a row that just opened an image starts afresh
     return toks.gather(1, (count - 1)[:, None]).squeeze(1)

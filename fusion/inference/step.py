@@ -4,8 +4,11 @@
   N = the image tokenizer's ``tokens_per_image``) still fits in the row's budget;
 - image: only image ids until N codes are out, then ``eoi`` is forced and the row is back in text.
 
-Rows of one batch may sit in different modes at the same pass. Classifier-free guidance runs extra copies of
-every row (``groups``) in the same batch; guidance only mixes logits while a row is inside an image. A row
+Rows of one batch may sit in different modes at the same pass, and hold their own sampling values (``Knobs``:
+one value for the batch, or one per row). Classifier-free guidance runs extra copies of a row in the same batch;
+``Copies`` says, per row, which row it is fed from and where its copies are, so a row and its copies may sit in
+any rows (a server's slots). Guidance only mixes logits while a row is inside an image; a copy's own samples are
+never used (it is marked done). A row
 whose logits turn NaN / +inf (or all -inf) is flagged (``nonfinite``) and ended; the session raises at its next
 host sync. A pass may emit several tokens per row (speculative decoding, ``speculative.py``): ``advance`` takes
 them all. Nothing here syncs with the host, so ``decode_one`` compiles (and becomes a CUDA graph) as one piece.
@@ -69,7 +72,7 @@ class StepOptions:
     """What shapes a step's code (hashable: a compiled step specialises on it); the values are ``Knobs``."""
 
     n_codes: int                 # tokens_per_image
-    groups: int                  # 1, 2 (guidance) or 3 (3-way guidance) copies of each row
+    groups: int                  # the most copies any row has: 1, 2 (guidance) or 3 (3-way guidance)
     boi_id: int
     eoi_id: int
     eos_id: int
@@ -86,7 +89,8 @@ class StepOptions:
 
 @dataclass(frozen=True)
 class Knobs:
-    """The sampling values as 0-dim device tensors, so a compiled step does not recompile when they change."""
+    """The sampling values as device tensors, 0-dim (the batch's) or [rows] (each row's), so a compiled step does
+    not recompile when they change."""
 
     temperature: torch.Tensor    # 0: greedy
     top_k: torch.Tensor
@@ -104,6 +108,37 @@ class Knobs:
         return list(vars(self).values())
 
 
+def per_position(knob: torch.Tensor, positions: int) -> torch.Tensor:
+    """A knob for logits flattened to [rows * positions, V]: a per-row knob repeated for each position."""
+    return knob if knob.dim() == 0 else knob.repeat_interleave(positions)
+
+
+@dataclass(frozen=True)
+class Copies:
+    """Where each row's guidance copies sit, by explicit index ([rows] long tensors on the device): ``source``, the
+    row whose token a row is fed (itself, or for a copy its conditional row); ``uncond`` / ``image_only``, the rows
+    holding its unconditional and (3-way guidance) image-only copies (itself where it has none); ``groups``, 1, 2
+    or 3 copies in all."""
+
+    source: torch.Tensor
+    uncond: torch.Tensor
+    image_only: torch.Tensor
+    groups: torch.Tensor
+
+    @classmethod
+    def group_major(cls, batch: int, groups: int, device) -> Copies:
+        """The layout of one call's prompts (``prompts.PromptBatch``): the B rows, then the image-only copies of
+        all B (3-way guidance), then the unconditional ones."""
+        rows = torch.arange(batch * groups, device=device)
+        own = rows < batch
+        image_only = torch.where(own & (groups == 3), rows + batch, rows)
+        uncond = torch.where(own & (groups > 1), rows + (groups - 1) * batch, rows)
+        return cls(rows % batch, uncond, image_only, torch.where(own, groups, 1))
+
+    def tensors(self) -> list[torch.Tensor]:
+        return list(vars(self).values())
+
+
 def allowed_ids(state: RowState, masks: Masks, n_codes: int) -> torch.Tensor:
     """[B, V] bool: what each row may emit now, by its mode and budget."""
     may_start = (state.images_left > 0) & (state.remaining >= n_codes + 2)
@@ -113,29 +148,38 @@ def allowed_ids(state: RowState, masks: Masks, n_codes: int) -> torch.Tensor:
     return torch.where(state.done[:, None], masks.pad, allowed)
 
 
-def guide(logits: torch.Tensor, in_image: torch.Tensor, opts: StepOptions, knobs: Knobs,
+def guide(logits: torch.Tensor, in_image: torch.Tensor, opts: StepOptions, knobs: Knobs, copies: Copies,
           allowed: torch.Tensor | None) -> torch.Tensor:
-    """[G*B, ..., V] logits of every copy -> [B, ..., V]: guided inside images (over each row's ``allowed`` ids,
-    None: all), the conditional row elsewhere."""
-    g = logits.view(opts.groups, -1, *logits.shape[1:])
+    """[rows, ..., V] logits of every row -> the same, guided inside images for rows with copies (over each row's
+    ``allowed`` ids, None: all); every other row keeps its own logits."""
     if opts.groups == 1:
-        return g[0]
-    flat = [x.reshape(-1, x.shape[-1]) for x in g]
-    guided = (sampling.cfg_mix(flat[0], flat[1], knobs.guidance_scale, opts.guidance_form, allowed)
-              if opts.groups == 2 else
-              sampling.cfg_mix3(flat[0], flat[1], flat[2], knobs.guidance_scale, knobs.image_guidance_scale,
-                                opts.guidance_form, allowed))
-    inside = in_image.view(-1, *[1] * (g.dim() - 2))
-    return torch.where(inside, guided.view_as(g[0]), g[0])
+        return logits
+    shape, per_row = logits.shape, logits[0].numel() // logits.shape[-1]
+    flat = lambda rows: logits[rows].reshape(-1, shape[-1])  # noqa: E731
+    own = logits.reshape(-1, shape[-1])
+    scale = per_position(knobs.guidance_scale, per_row)
+    mixed = sampling.cfg_mix(own, flat(copies.uncond), scale, opts.guidance_form, allowed)
+    if opts.groups == 3:
+        three = sampling.cfg_mix3(own, flat(copies.image_only), flat(copies.uncond), scale,
+                                  per_position(knobs.image_guidance_scale, per_row), opts.guidance_form, allowed)
+        mixed = torch.where(per_position(copies.groups == 3, per_row)[:, None], three, mixed)
+    use = (in_image & (copies.groups > 1)).view(-1, *[1] * (len(shape) - 1))
+    return torch.where(use, mixed.view(shape), logits)
 
 
-def pick(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions, knobs: Knobs,
+def finite_with_copies(logits: torch.Tensor, copies: Copies) -> torch.Tensor:
+    """[rows, ...] bool: a row's logits and its copies' are all finite (max over the last dim)."""
+    ok = logits.amax(-1).isfinite()
+    return ok & ok[copies.uncond] & ok[copies.image_only]
+
+
+def pick(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions, knobs: Knobs, copies: Copies,
          noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Guide, mask, filter and sample one token per row from [G*B, V] logits -> (tokens [B], broken [B]).
+    """Guide, mask, filter and sample one token per row from [rows, V] logits -> (tokens, broken), each [rows].
 
-    ``broken``: a live row whose logits hold NaN / inf, or that has nothing left to sample."""
+    ``broken``: a live row whose logits (or its copies') hold NaN / inf, or that has nothing left to sample."""
     allowed = allowed_ids(state, masks, opts.n_codes)
-    mixed = sampling.process(guide(logits, state.in_image, opts, knobs, allowed), allowed=allowed,
+    mixed = sampling.process(guide(logits, state.in_image, opts, knobs, copies, allowed), allowed=allowed,
                              seen=state.seen if opts.use_penalty else None,
                              repetition_penalty=knobs.repetition_penalty,
                              top_k=knobs.top_k if opts.top_k_cap else 0, top_k_cap=opts.top_k_cap or None,
@@ -143,7 +187,7 @@ def pick(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions,
     # A row maximum is NaN if any logit is, +inf if one overflowed, -inf if none is left: one cheap reduction
     # of the model's logits (every copy) and one of what is left to sample from. A single -inf logit is fine
     # (a hook or processor may ban tokens that way); a row with nothing left would silently emit id 0.
-    broken = (~logits.amax(-1).isfinite().view(opts.groups, -1).all(0) | ~mixed.amax(-1).isfinite()) & ~state.done
+    broken = (~finite_with_copies(logits, copies) | ~mixed.amax(-1).isfinite()) & ~state.done
     return sampling.sample(mixed, knobs.temperature, noise), broken
 
 
@@ -175,18 +219,20 @@ def advance(state: RowState, toks: torch.Tensor, count: torch.Tensor, broken: to
                      | (live & (state.remaining <= 0)) | broken)
 
 
-def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions, knobs: Knobs,
+def choose(logits: torch.Tensor, state: RowState, masks: Masks, opts: StepOptions, knobs: Knobs, copies: Copies,
            noise: torch.Tensor) -> torch.Tensor:
-    """One token per row [B] from [G*B, V] logits (pad for finished rows); advance the state in place."""
-    tok, broken = pick(logits, state, masks, opts, knobs, noise)
+    """One token per row from [rows, V] logits (pad for finished rows and copies); advance the state in place."""
+    tok, broken = pick(logits, state, masks, opts, knobs, copies, noise)
     advance(state, tok[:, None], torch.ones_like(state.n_out), broken, opts)
     return tok
 
 
 def decode_one(model: Transformer, cache: KVCache, tok: torch.Tensor, state: RowState, masks: Masks,
-               opts: StepOptions, knobs: Knobs, noise: torch.Tensor) -> torch.Tensor:
-    """Feed each row's last token [B] (to all G copies), return the next [B]. The part worth compiling."""
-    return choose(model.next_logits(tok.repeat(opts.groups)[:, None], cache), state, masks, opts, knobs, noise)
+               opts: StepOptions, knobs: Knobs, copies: Copies, noise: torch.Tensor) -> torch.Tensor:
+    """Feed each row its source row's last token (``tok`` [rows]), return the next [rows]. The part worth
+    compiling."""
+    logits = model.next_logits(tok[copies.source][:, None], cache)
+    return choose(logits, state, masks, opts, knobs, copies, noise)
 
 
 COMPILE_BACKEND = "inductor"  # tests swap in "eager": the graph (and its breaks / recompiles) is Dynamo's either way

@@ -75,6 +75,16 @@ class KVCache:
         """Grow each row by its number of valid new tokens (in place, so the tensor keeps its address)."""
         self.seqlens.add_(lengths)
 
+    def load(self, rows: torch.Tensor, other: KVCache) -> None:
+        """Write ``other``'s rows into ``rows`` of this cache (a slot-indexed write: a prompt prefilled apart
+        joins a running batch); ``other`` may be shorter, and what lies past its length is never read."""
+        if other.max_len > self.max_len:
+            raise ValueError(f"a cache of {other.max_len} positions does not fit in one of {self.max_len}")
+        n = other.max_len
+        for mine, theirs in zip(self.k + self.v, other.k + other.v, strict=True):
+            mine[rows, :, :n] = theirs[:, :, :n].to(mine.dtype)
+        self.seqlens[rows] = other.seqlens
+
     def select(self, rows: torch.Tensor) -> KVCache:
         """A new cache holding ``rows`` (a LongTensor of row indices) in that order, e.g. to drop or reorder."""
         return KVCache([k.index_select(0, rows) for k in self.k], [v.index_select(0, rows) for v in self.v],

@@ -97,7 +97,8 @@ def test_cli_flags_come_from_the_options_dataclass():
     assert math.isclose(opts.tol, 2e-2)  # untouched flags keep the dataclass defaults
     with pytest.raises(SystemExit):
         parser.parse_args(["--dtype", "int8"])
-    assert set(SUITES) == {"static", "attention", "decode", "ops", "train", "generate", "vq", "cpu", "tokenize"}
+    assert set(SUITES) == {"static", "attention", "decode", "ops", "train", "generate", "vq", "cpu", "tokenize",
+                           "serve"}
 
 
 def _tiny_cpu(tmp_path, **kw):
@@ -253,3 +254,28 @@ def test_tokenize_suite_checks_then_measures_on_cpu():
     assert rows[0]["documents"] == 6 and rows[0]["images_per_s"] > 0 and rows[1]["documents"] == 50
     assert rows[1]["text_tokens_per_s"] > 0
     assert all(r["peak_rss_mb"] >= r["baseline_rss_mb"] > 0 for r in rows)
+
+
+def test_serve_suite_against_a_tiny_checkpoint(tmp_path):
+    """Both configurations serve every request; the batched one shares passes, so it needs fewer steps."""
+    from fusion.api import Fusion
+    from fusion.bench import serve
+    from fusion.data.synthetic import SyntheticWorld
+    from fusion.model.config import ModelConfig
+    from fusion.model.transformer import Transformer
+    from fusion.tokenizers.image import ImageTokenizer
+    from fusion.tokenizers.mixed import MixedTokenizer
+    from fusion.tokenizers.text import TextTokenizer
+    from fusion.tokenizers.vq_config import VQConfig
+
+    torch.manual_seed(0)
+    text = TextTokenizer.train(SyntheticWorld(0).texts(300), 300)
+    tokenizer = MixedTokenizer(text, ImageTokenizer(VQConfig.preset("tiny")).eval())
+    Fusion(Transformer(ModelConfig.preset("tiny", tokenizer.vocab)), tokenizer).save_pretrained(tmp_path / "ckpt")
+    rows = serve.run(serve.Options(checkpoint=str(tmp_path / "ckpt"), clients=4, requests=8, max_batch=8,
+                                   max_new_tokens=8, threads=1, out=str(tmp_path)))
+    batched, serial = rows
+    assert batched["config"] == "batched" and serial["config"] == "one at a time"
+    assert batched["requests"] == serial["requests"] == 8 and batched["failed"] == serial["failed"] == 0
+    assert batched["images_s"] > 0 and batched["first_image_p50_s"] > 0 and batched["first_token_p50_s"] > 0
+    assert batched["steps"] < serial["steps"]  # requests shared passes

@@ -52,15 +52,17 @@ def run_session(model, poison: bool = False, **kw):
     after each pass (1e4, not NaN: 0 x NaN would poison the sums even where attention gives weight 0)."""
     config = complete_config(model, prompts(1), N, None, dict(mode="mixed", max_new_tokens=40, speculative=True,
                                                                 speculative_window=5, temperature=1.0, **kw))
-    session = open_session(model, prompts(1), config, tokens_per_image=N, seed=[11, 12, 13, 14], compile=False)
     logits, passes = [], []
     hook = model.lm_head.register_forward_hook(lambda mod, inp, out: logits.append(out.detach().clone()))
     try:
+        session = open_session(model, prompts(1), config, tokens_per_image=N, seed=[11, 12, 13, 14], compile=False)
+        B = session.B
+        passes.append((None, logits[-1], session.state.n_out[:B].clone()))  # the prefill: each row's last position
         over = False
         while not over:
             before = session.cache.seqlens.clone()
             session.step()
-            passes.append((before, logits[-1], session.state.n_out.clone()))
+            passes.append((before, logits[-1], session.state.n_out[:B].clone()))
             if poison:
                 keys = torch.arange(session.cache.max_len + 1)
                 stale = keys[None, :] >= session.cache.seqlens[:, None]  # [rows, slots]
