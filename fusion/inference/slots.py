@@ -149,7 +149,7 @@ class Slots:
         if R > len(self.free) or not self.compatible(config) or len(seeds) != B:
             raise ValueError(f"cannot admit {R} rows ({len(self.free)} free, compatible: "
                              f"{self.compatible(config)}, {len(seeds)} seeds for {B} rows)")
-        slots, self.free = self.free[:R], self.free[R:]
+        slots = self.free[:R]  # taken once the prefill has worked
         idx = torch.tensor(slots, device=self.device)
         options = group_options(config, batch.groups)
         opts = dataclasses.replace(self.base, **options)
@@ -161,11 +161,17 @@ class Slots:
         own = KVCache.allocate(self.model.cfg, R, int(lengths.max()), self.device, self.cache.k[0].dtype)
         ids = torch.nn.utils.rnn.pad_sequence(batch.rows, batch_first=True, padding_value=self.vocab.pad_id)
         logits = self.model.next_logits(ids.to(self.device), own, lengths)
-        if config.sampling_temperature > 0:
-            for slot, seed in zip(slots, seeds, strict=False):
-                self.noise.assign(slot, seed)
-            self.noise.fill(rows=slots[:B])
-        tok = choose(logits, state, self.masks, opts, knobs, copies, self.noise.text[idx])
+        try:
+            if config.sampling_temperature > 0:
+                for slot, seed in zip(slots, seeds, strict=False):
+                    self.noise.assign(slot, seed)
+                self.noise.fill(rows=slots[:B])
+            tok = choose(logits, state, self.masks, opts, knobs, copies, self.noise.text[idx])
+        except Exception:
+            for slot in slots:
+                self.noise.release(slot)
+            raise
+        self.free = self.free[R:]
         self.cache.load(idx, own)
         for mine, theirs in zip(self.state.tensors(), state.tensors(), strict=True):
             mine[idx] = theirs
