@@ -31,48 +31,25 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 from fusion.kernels import cpu_paths
+from fusion.kernels.overrides import OPS, requested, set_backend  # noqa: F401  (dispatch.set_backend is public)
 from fusion.vocab import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-OPS = ("attention", "decode_attention", "rms_norm", "swiglu", "linear_cross_entropy", "rope")
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
-_overrides: dict[str, str] = {}
 _logged: set[tuple[str, str]] = set()
-
-
-def _env_overrides() -> dict[str, str]:
-    spec = os.environ.get("FUSION_KERNELS", "").strip()
-    out: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        op, _, backend = item.partition("=")
-        if op not in OPS or not backend:
-            raise ValueError(f"FUSION_KERNELS entry {item!r}: expected op=backend with op in {OPS}")
-        out[op] = backend
-    return out
-
-
-def set_backend(op: str, backend: str | None) -> None:
-    """Force ``op`` to ``backend`` (None restores the automatic choice)."""
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; ops are {OPS}")
-    if backend is None:
-        _overrides.pop(op, None)
-    else:
-        _overrides[op] = backend
 
 
 def backend_for(op: str, device: torch.device, tuned: str | None = None) -> str:
     """The backend ``op`` runs on ``device``: override, env var, then ``tuned`` (a CPU choice measured on this
     machine, ``cpu_paths``), then the device default."""
-    choice = _overrides.get(op) or _env_overrides().get(op) or tuned or _default(op, device)
+    choice = requested(op) or tuned or _default(op, device)
     if choice not in _IMPLS[op]:
         raise ValueError(f"backend {choice!r} is not available for {op}; have {sorted(_IMPLS[op])}")
     if not torch.compiler.is_compiling() and (op, choice) not in _logged:  # traced, logging breaks the graph

@@ -37,6 +37,26 @@ def test_unknown_backend_is_a_clear_error():
         dispatch.set_backend("rms_norm", None)
 
 
+def test_fusion_kernels_is_read_once_and_again_after_set_backend(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("FUSION_KERNELS", "attention=eager")
+    dispatch.set_backend("rms_norm", None)  # the documented way to have the env var read again
+    assert dispatch.backend_for("attention", cpu) == "eager"
+    monkeypatch.setenv("FUSION_KERNELS", "attention=sdpa,rms_norm=nope")
+    assert dispatch.backend_for("attention", cpu) == "eager"  # not parsed again on each op call
+    dispatch.set_backend("rms_norm", None)
+    assert dispatch.backend_for("attention", cpu) == "sdpa"
+    with pytest.raises(ValueError, match="not available for rms_norm"):
+        dispatch.backend_for("rms_norm", cpu)
+    monkeypatch.setenv("FUSION_KERNELS", "attention")
+    dispatch.set_backend("rms_norm", None)
+    with pytest.raises(ValueError, match="expected op=backend"):
+        dispatch.backend_for("attention", cpu)
+    monkeypatch.delenv("FUSION_KERNELS")
+    dispatch.set_backend("rms_norm", None)
+    assert dispatch.backend_for("attention", cpu) == "sdpa"
+
+
 def _model(device):
     cfg = ModelConfig(vocab=Vocab.build(40, 24), dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=96,
                       max_seq_len=64)
