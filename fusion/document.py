@@ -21,7 +21,7 @@ from PIL import Image as PILImage
 
 from fusion.files import atomic_path
 from fusion.images import ImageError, open_image, png_ready, to_data_uri
-from fusion.rows import IMAGE_URL, INVALID_JSON, DocumentError, Part, is_url, row_parts
+from fusion.rows import IMAGE_URL, INVALID_JSON, DocumentError, Part, is_url, row_parts, strip_bom
 
 __all__ = ["Document", "DocumentError", "Image", "Segment", "Text", "read_jsonl", "write_html", "write_jsonl"]
 
@@ -206,7 +206,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Document]:
         for lineno, raw in enumerate(f, 1):
             where = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                line = strip_bom(raw)[0].decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DocumentError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
             if not line.strip():

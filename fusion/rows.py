@@ -26,6 +26,13 @@ IMAGE_URL = "image URL not fetched"
 URL_SCHEMES = ("http://", "https://")
 
 Part = tuple[str, Any]  # ("text", str) or ("image", a str path / URL / data URI, bytes or a PIL image)
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
+
+
+def strip_bom(line: bytes) -> tuple[bytes, bool]:
+    """A JSONL line without a leading byte-order mark, and whether it had one. Any line may: files joined with
+    ``cat`` carry one at each join, not only on their first line."""
+    return (line[len(BOM):], True) if line.startswith(BOM) else (line, False)
 
 
 class DocumentError(ValueError):

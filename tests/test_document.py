@@ -29,6 +29,21 @@ def test_jsonl_round_trip_is_exact(tmp_path):
     assert back[1].images[0].mode == "RGBA"
 
 
+def test_a_byte_order_mark_is_dropped_at_any_line_as_the_corpus_reader_does(tmp_path):
+    """Two files each saved with a BOM and joined with cat: both rows read, by the strict reader and by the
+    corpus reader (which counts each as a repair)."""
+    from fusion.data.readers import jsonl_rows
+    from fusion.data.report import IngestReport
+
+    rows = [json.dumps(Document.of(t).to_json()).encode() for t in ("first", "second")]
+    path = tmp_path / "joined.jsonl"
+    path.write_bytes(b"".join(b"\xef\xbb\xbf" + r + b"\n" for r in rows))
+    assert [d.texts for d in read_jsonl(path)] == [["first"], ["second"]]
+    report = IngestReport()
+    assert [json.loads(line)["segments"][0]["text"] for _, line in jsonl_rows(path, report)] == ["first", "second"]
+    assert sum(report.repaired.values()) == 2
+
+
 def test_jsonl_paths_resolve_relative_to_the_file(tmp_path):
     (tmp_path / "imgs").mkdir()
     _img().save(tmp_path / "imgs" / "x.png")

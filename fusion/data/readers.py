@@ -7,19 +7,19 @@ starts with one (files concatenated from editors' output carry them mid-file too
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from fusion.data.report import BOM, NON_UTF8, IngestReport
+from fusion.rows import strip_bom
 
 PARQUET_BATCH = 64  # rows decoded from parquet at a time (OBELICS rows may embed image bytes)
 
 
 def _line(raw: bytes, where: str, report: IngestReport) -> str:
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+    raw, had_bom = strip_bom(raw)
+    if had_bom:
         report.repair(BOM, f"{where}: a UTF-8 byte-order mark")
     try:
         return raw.decode("utf-8")
