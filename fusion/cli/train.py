@@ -17,6 +17,7 @@ from pathlib import Path
 from fusion.cli.corpus_args import add_data_args, corpus_spec
 from fusion.cli.flags import add_config_flags, config_overrides
 from fusion.data.tokenize import TokenizeOptions
+from fusion.model.config import MODEL_PRESETS
 from fusion.train.config import TRAIN_PRESETS, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", help="start from this checkpoint folder, or a run folder's newest checkpoint")
     ap.add_argument("--text-model", help="a trained text.model, or its folder (with --vq, for a fresh model)")
     ap.add_argument("--vq", help="a trained VQ folder (vq.safetensors + vq.json)")
-    ap.add_argument("--preset", default="tiny", help="model preset for a fresh model and training preset")
+    ap.add_argument("--preset", default="tiny", choices=sorted(MODEL_PRESETS.keys() | TRAIN_PRESETS.keys()),
+                    help=f"model preset for a fresh model, and the training preset of that name where there is one "
+                         f"(training presets: {', '.join(sorted(TRAIN_PRESETS))})")
     ap.add_argument("--out", default="runs/train", help="run folder: checkpoints, metrics.jsonl, loss.png")
     ap.add_argument("--eval-fraction", type=float, default=0.02, help="documents held out for evaluation")
     add_config_flags(ap, TrainConfig)
@@ -39,8 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
-    cfg = TrainConfig.preset(args.preset if args.preset in TRAIN_PRESETS else None,
-                             **config_overrides(args, TrainConfig))
+    cfg = train_config(args)
 
     from fusion.train.distributed import init_distributed, leave_process_group
 
@@ -48,6 +50,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     _train(args, cfg, info)  # its model, optimizer and data are gone when it returns
     leave_process_group()
     return 0
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """``--preset``'s training preset with the flags given; a model-only preset takes the field defaults, said
+    in a warning."""
+    cfg = TrainConfig.preset(args.preset if args.preset in TRAIN_PRESETS else None,
+                             **config_overrides(args, TrainConfig))
+    if args.preset not in TRAIN_PRESETS:
+        log.warning("--preset %s is a model preset only (training presets: %s): training uses TrainConfig's defaults "
+                    "and the flags given: steps=%d, batch_size=%d, seq_len=%d, lr=%g, warmup=%d", args.preset,
+                    ", ".join(sorted(TRAIN_PRESETS)), cfg.steps, cfg.batch_size, cfg.seq_len, cfg.lr, cfg.warmup)
+    return cfg
 
 
 def _train(args, cfg: TrainConfig, info) -> None:
