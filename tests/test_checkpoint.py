@@ -28,7 +28,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
     x = ids[0][None]
     with torch.no_grad():
         assert torch.equal(model(x), model2(x))
-    codes = ids[0][tok.image_mask(ids[0])].view(-1, tok.tokens_per_image) - tok.vocab.image_start
+    codes = ids[0][tok.vocab.image_id_mask(ids[0])].view(-1, tok.tokens_per_image) - tok.vocab.image_start
     assert torch.equal(tok.image.decode(codes), tok2.image.decode(codes))
 
 

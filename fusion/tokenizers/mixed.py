@@ -7,6 +7,7 @@ One document is ``bos, <text pieces>, boi, <N image codes>, eoi, ..., eos`` wher
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,10 @@ class MixedTokenizer:
         return out
 
     def image_mask(self, ids: torch.Tensor) -> torch.Tensor:
-        """Per-token bool: True for image codes (the modality mask used to split the loss)."""
+        """Deprecated (one release): ``vocab.image_id_mask(ids)``, per token; ``Vocab.image_mask`` is per id."""
+        warnings.warn("MixedTokenizer.image_mask(ids) is deprecated: use tokenizer.vocab.image_id_mask(ids) (a "
+                      "per-token mask; Vocab.image_mask() is the per-vocabulary one)", DeprecationWarning,
+                      stacklevel=2)
         return self.vocab.image_id_mask(ids)
 
     # ---------------------------------------------------------------- decode

@@ -28,7 +28,7 @@ def test_layout_of_one_document(tok):
     assert ids[boi] == v.boi_id and ids[boi + n + 1] == v.eoi_id
     codes = tok.image.encode([render(scene)])[0]
     assert torch.equal(ids[boi + 1:boi + 1 + n], codes + v.image_start)
-    mask = tok.image_mask(ids)
+    mask = tok.vocab.image_id_mask(ids)
     assert int(mask.sum()) == n and bool(mask[boi + 1:boi + 1 + n].all())
 
 
@@ -40,7 +40,7 @@ def test_round_trip_text_exact_and_codes_exact(tok):
         assert [type(s) for s in again] == [type(s) for s in doc]
         assert again.texts == doc.texts
         # decoded images re-encode to the very codes they were decoded from
-        codes = ids[tok.image_mask(ids)].view(-1, tok.tokens_per_image) - tok.vocab.image_start
+        codes = ids[tok.vocab.image_id_mask(ids)].view(-1, tok.tokens_per_image) - tok.vocab.image_start
         if again.images:
             assert torch.equal(tok.image.encode(again.images), codes)
 
@@ -71,3 +71,10 @@ def test_bad_inputs(tok):
     assert len(doc.segments) == 1 and isinstance(doc.segments[0], Text)
     doc = tok.decode([v.boi_id] + codes + [v.eoi_id])
     assert isinstance(doc.segments[0], Image)
+
+
+def test_the_old_per_token_image_mask_warns_and_agrees(tok):
+    ids = tok.encode(Document.of("a red circle", render(SyntheticWorld(0).scenes(1)[0])))
+    with pytest.warns(DeprecationWarning, match="vocab.image_id_mask"):
+        old = tok.image_mask(ids)
+    assert torch.equal(old, tok.vocab.image_id_mask(ids))
