@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import statistics
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,32 +99,6 @@ def rss_mb() -> tuple[float, float]:
     return tuple(int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM"))
 
 
-class Serving:
-    """A scheduler + app + uvicorn on 127.0.0.1 in a thread, for the length of a ``with``."""
-
-    def __init__(self, fusion, **scheduler_kw) -> None:
-        from fusion.serve.app import create_app
-        from fusion.serve.scheduler import Scheduler
-        from fusion.serve.server import Server, bind, url
-
-        self.scheduler = Scheduler(fusion, **scheduler_kw).start()
-        self.sock = bind("127.0.0.1", 0)
-        self.url = url(self.sock)
-        self.server = Server(create_app(self.scheduler, model_name="bench"), self.scheduler, log_level="warning")
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self) -> Serving:
-        self.thread.start()
-        if not self.server.listening.wait(60):
-            raise RuntimeError("the server did not start listening within 60 s")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(60)
-        self.sock.close()
-
-
 def summary(name: str, results: list[dict], seconds: float, steps: int, opts: Options) -> dict:
     ok = [r for r in results if r["outcome"] == "ok"]
     pct = lambda xs, q: statistics.quantiles(xs, n=20)[q] if len(xs) >= 2 else (xs[0] if xs else None)  # noqa: E731
@@ -140,6 +113,9 @@ def summary(name: str, results: list[dict], seconds: float, steps: int, opts: Op
 
 def run(opts: Options) -> list[dict]:
     from fusion.api import Fusion
+    from fusion.serve.app import create_app
+    from fusion.serve.scheduler import Scheduler
+    from fusion.serve.server import in_thread
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -150,20 +126,22 @@ def run(opts: Options) -> list[dict]:
     configs = {"batched": dict(max_batch=opts.max_batch), "one at a time": dict(max_batch=opts.max_batch, max_jobs=1)}
     rows = []
     for name, kw in configs.items():
-        with Serving(fusion, max_queue=opts.requests + opts.clients, compile=opts.compile, **kw) as s:
-            asyncio.run(load(s.url, work[:min(4, len(work))], min(4, opts.clients)))  # warm up (and compile)
-            before = s.scheduler.stats.steps
-            results, seconds = asyncio.run(load(s.url, work, opts.clients))
-            steps = s.scheduler.stats.steps - before
+        scheduler = Scheduler(fusion, max_queue=opts.requests + opts.clients, compile=opts.compile, **kw).start()
+        with in_thread(create_app(scheduler, model_name="bench"), scheduler) as url:
+            asyncio.run(load(url, work[:min(4, len(work))], min(4, opts.clients)))  # warm up (and compile)
+            before = scheduler.stats.steps
+            results, seconds = asyncio.run(load(url, work, opts.clients))
+            steps = scheduler.stats.steps - before
         rows.append(summary(name, results, seconds, steps, opts))
     rows[0]["vs_one_at_a_time"] = rows[0]["tok_s"] / rows[1]["tok_s"]
     if opts.rss_requests:
         more = bodies(opts.rss_requests, opts)
-        with Serving(fusion, max_batch=opts.max_batch, max_queue=opts.rss_requests + opts.clients,
-                     compile=opts.compile) as s:
-            first, _ = asyncio.run(load(s.url, more[:100], opts.clients))
+        scheduler = Scheduler(fusion, max_batch=opts.max_batch, max_queue=opts.rss_requests + opts.clients,
+                              compile=opts.compile).start()
+        with in_thread(create_app(scheduler, model_name="bench"), scheduler) as url:
+            first, _ = asyncio.run(load(url, more[:100], opts.clients))
             after_100 = rss_mb()[0]
-            rest, seconds = asyncio.run(load(s.url, more[100:], opts.clients))
+            rest, _ = asyncio.run(load(url, more[100:], opts.clients))
             after_all, peak = rss_mb()
         failed = sum(r["outcome"] != "ok" for r in first + rest)
         rows.append({"config": f"RSS over {opts.rss_requests} requests", "requests": len(first + rest),

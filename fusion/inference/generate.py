@@ -98,8 +98,8 @@ class Generation:
         return sum(self.image_passes) / max(1, sum(self.images))
 
 
-def _prepare(model: Transformer, tokenizer: MixedTokenizer, prompts: Sequence[Document],
-             config: GenerationConfig | None, overrides: dict) -> tuple[list[torch.Tensor], GenerationConfig]:
+def prepare_documents(model: Transformer, tokenizer: MixedTokenizer, prompts: Sequence[Document],
+                      config: GenerationConfig | None, overrides: dict) -> tuple[list[torch.Tensor], GenerationConfig]:
     """Encode prompts (bos, no eos), complete the config, check that images can be decoded if asked for."""
     config = (config or GenerationConfig()).replace(**overrides)
     if config.mode != "text" and getattr(tokenizer.image, "decoder", True) is None:
@@ -112,16 +112,20 @@ def _prepare(model: Transformer, tokenizer: MixedTokenizer, prompts: Sequence[Do
     return ids, complete_config(model, ids, tokenizer.tokens_per_image, config, {})
 
 
+def stream_decoders(tokenizer: MixedTokenizer, config: GenerationConfig, rows: int) -> list[StreamDecoder]:
+    """One incremental decoder per output row, each ending its row at ``config``'s stop strings."""
+    stops = config.stop_strings
+    return [StreamDecoder(tokenizer, (lambda text: stop_end(text, stops)) if stops else None) for _ in range(rows)]
+
+
 def _pieces(model: Transformer, tokenizer: MixedTokenizer, prompts: Sequence[Document],
             config: GenerationConfig | None, overrides: dict, *, seed: Seed, compile: bool, sync_every: int,
             record: Generation | None = None) -> Iterator[tuple[int, str | ImageCodes]]:
     """``(row, piece)``: text pieces, and images as their codes once their eoi is out; rows stop at a stop string."""
-    ids, config = _prepare(model, tokenizer, prompts, config, overrides)
+    ids, config = prepare_documents(model, tokenizer, prompts, config, overrides)
     session = open_session(model, ids, config, tokens_per_image=tokenizer.tokens_per_image, seed=seed,
                            compile=compile)
-    stops = config.stop_strings
-    decoders = [StreamDecoder(tokenizer, (lambda text: stop_end(text, stops)) if stops else None)
-                for _ in range(session.B)]
+    decoders = stream_decoders(tokenizer, config, session.B)
     for new in decode(session, sync_every):
         for b, (decoder, toks) in enumerate(zip(decoders, new, strict=True)):
             if decoder.stopped:

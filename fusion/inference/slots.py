@@ -113,8 +113,7 @@ class Slots:
         self.state = row_state(idle, vocab, tokens_per_image, GenerationConfig(max_new_tokens=1), length + 1,
                                track_seen, device)
         self.state.done.fill_(True)
-        self.knobs = Knobs(**{k: torch.full((rows,), v, dtype=torch.long if k == "top_k" else torch.float32,
-                                            device=device) for k, v in KNOB_DEFAULTS.items()})
+        self.knobs = Knobs.of(device, rows, **KNOB_DEFAULTS)
         ident = torch.arange(rows, device=device)
         self.copies = Copies(ident.clone(), ident.clone(), ident.clone(), torch.ones_like(ident))
         W = self.base.window

@@ -8,10 +8,10 @@ Rows of one batch may sit in different modes at the same pass, and hold their ow
 one value for the batch, or one per row). Classifier-free guidance runs extra copies of a row in the same batch;
 ``Copies`` says, per row, which row it is fed from and where its copies are, so a row and its copies may sit in
 any rows (a server's slots). Guidance only mixes logits while a row is inside an image; a copy's own samples are
-never used (it is marked done). A row
-whose logits turn NaN / +inf (or all -inf) is flagged (``nonfinite``) and ended; the session raises at its next
-host sync. A pass may emit several tokens per row (speculative decoding, ``speculative.py``): ``advance`` takes
-them all. Nothing here syncs with the host, so ``decode_one`` compiles (and becomes a CUDA graph) as one piece.
+never used (it is marked done). A row whose logits turn NaN / +inf (or all -inf) is flagged (``nonfinite``) and
+ended; the session raises at its next host sync. A pass may emit several tokens per row (speculative decoding,
+``speculative.py``): ``advance`` takes them all. Nothing here syncs with the host, so ``decode_one`` compiles
+(and becomes a CUDA graph) as one piece.
 """
 
 from __future__ import annotations
@@ -100,8 +100,10 @@ class Knobs:
     image_guidance_scale: torch.Tensor
 
     @classmethod
-    def of(cls, device, **values: float) -> Knobs:
-        return cls(**{k: torch.tensor(v, dtype=torch.long if k == "top_k" else torch.float32, device=device)
+    def of(cls, device, rows: int | None = None, **values: float) -> Knobs:
+        """Each value as a 0-dim tensor (the batch's), or with ``rows`` as a [rows] tensor (each row's, to set)."""
+        shape = () if rows is None else (rows,)
+        return cls(**{k: torch.full(shape, v, dtype=torch.long if k == "top_k" else torch.float32, device=device)
                       for k, v in values.items()})
 
     def tensors(self) -> list[torch.Tensor]:

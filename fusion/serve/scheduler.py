@@ -26,11 +26,10 @@ import torch
 
 from fusion.api import Fusion
 from fusion.inference.config import GenerationConfig
-from fusion.inference.generate import complete_config
+from fusion.inference.generate import prepare_documents, stream_decoders
 from fusion.inference.noise import expand_rows
 from fusion.inference.prompts import PromptBatch, prepare_prompts
 from fusion.inference.slots import Group, Slots
-from fusion.inference.stopping import stop_end
 from fusion.serve.jobs import Event, Job, Queue, Stats, StepGate, Ticket, Usage
 from fusion.tokenizers.mixed import ImageCodes, StreamDecoder
 
@@ -81,11 +80,8 @@ class Scheduler:
     def prepare(self, job: Job) -> tuple[PromptBatch, GenerationConfig, list]:
         """(prompt batch, complete config, seeds) of ``job``, or a ValueError saying why it cannot run."""
         f = self.fusion
-        ids = f.tokenizer.encode(job.prompt, bos=True, eos=False)
-        config = complete_config(f.model, [ids], f.tokenizer.tokens_per_image, job.config, {})
-        if config.mode != "text" and getattr(f.tokenizer.image, "decoder", True) is None:
-            raise ValueError(f"mode={config.mode!r} needs images decoded, and this checkpoint has no VQ decoder")
-        rows = expand_rows([ids], job.seed, config.num_return_sequences)
+        ids, config = prepare_documents(f.model, f.tokenizer, [job.prompt], job.config, {})
+        rows = expand_rows(ids, job.seed, config.num_return_sequences)
         batch = prepare_prompts(rows.prompts, f.model.cfg.vocab, f.tokenizer.tokens_per_image, config,
                                 config.max_new_tokens, f.model.cfg.max_seq_len)
         if len(batch.rows) > self.max_batch:
@@ -178,9 +174,7 @@ class Scheduler:
             except Exception as e:  # e.g. NaN weights in the prefill: this job only
                 self._finish_ticket(ticket, Event("error", message=str(e)), "error")
                 continue
-            stops = config.stop_strings
-            find = (lambda text, stops=stops: stop_end(text, stops)) if stops else None
-            decoders = [StreamDecoder(self.fusion.tokenizer, find) for _ in range(batch.batch)]
+            decoders = stream_decoders(self.fusion.tokenizer, config, batch.batch)
             job = Running(ticket, config, group, len(batch.rows[0]) - len(batch.prefixes[0]), decoders)
             self.running.append(job)
             self.stats.busy_rows = sum(len(j.group.slots) for j in self.running)

@@ -10,10 +10,11 @@ stream still open then is cut, so nothing blocks the exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -72,3 +73,23 @@ def serve(app, sock: socket.socket, scheduler, *, shutdown_timeout: float = 30.0
         for s, handler in previous.items():
             signal.signal(s, handler)
         scheduler.stop(0)  # a no-op after a normal shutdown; after a failed start, the scheduler's thread ends
+
+
+@contextlib.contextmanager
+def in_thread(app, scheduler, *, shutdown_timeout: float = 30.0, log_level: str = "warning") -> Iterator[str]:
+    """``app`` served from a thread of this process on a free port of 127.0.0.1 for the length of a ``with``
+    (benchmarks, tests); yields its URL. Leaving shuts the server down, which stops ``scheduler``."""
+    sock = bind("127.0.0.1", 0)
+    server = Server(app, scheduler, shutdown_timeout=shutdown_timeout, log_level=log_level)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        if not server.listening.wait(60):
+            raise RuntimeError("the server did not start listening within 60 s")
+        yield url(sock)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+        if thread.is_alive():
+            raise RuntimeError("the server did not stop within 60 s")

@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import struct
-import threading
 import time
 import zlib
 
@@ -24,7 +23,7 @@ from fusion.inference.config import GenerationConfig
 from fusion.inference.generate import Generation
 from fusion.serve.app import create_app
 from fusion.serve.scheduler import Scheduler
-from fusion.serve.server import Server, bind, url
+from fusion.serve.server import in_thread
 from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.tokenizers.text import TextTokenizer
@@ -71,8 +70,8 @@ def long_job_runs_to_its_budget(reference) -> bool:
 class Live:
     """A running server: its URL, scheduler, app and an HTTP client."""
 
-    def __init__(self, sock, scheduler, app) -> None:
-        self.url, self.scheduler, self.app = url(sock), scheduler, app
+    def __init__(self, url: str, scheduler, app) -> None:
+        self.url, self.scheduler, self.app = url, scheduler, app
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
     def generate(self, **body) -> httpx.Response:
@@ -97,20 +96,13 @@ def live_server(checkpoint, *, max_batch: int = MAX_BATCH, max_queue: int = 8, d
     scheduler = Scheduler(Fusion.from_pretrained(checkpoint, device="cpu", dtype=dtype), max_batch=max_batch,
                           max_queue=max_queue).start()
     app = create_app(scheduler, model_name="tiny", **app_options)
-    sock = bind("127.0.0.1", 0)
-    server = Server(app, scheduler, shutdown_timeout=5, log_level="warning")
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    assert server.listening.wait(60), "the server did not start"
-    live = Live(sock, scheduler, app)
-    try:
-        yield live
-    finally:
-        scheduler.gate.release()
-        live.client.close()
-        server.should_exit = True
-        thread.join(60)
-        assert not thread.is_alive()
+    with in_thread(app, scheduler, shutdown_timeout=5) as address:
+        live = Live(address, scheduler, app)
+        try:
+            yield live
+        finally:
+            scheduler.gate.release()
+            live.client.close()
 
 
 @pytest.fixture(scope="module")
