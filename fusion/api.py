@@ -17,15 +17,14 @@ from pathlib import Path
 import torch
 from PIL import Image as PILImage
 
-from fusion.checkpoint import resolve_checkpoint
 from fusion.document import Document, Image, Text
 from fusion.inference.config import GenerationConfig
 from fusion.inference.generate import Generation, generate_documents, stream_documents
 from fusion.inference.noise import Seed
 from fusion.kernels import cpu_tune
 from fusion.model.transformer import Transformer
+from fusion.run_checkpoints import resolve_checkpoint
 from fusion.tokenizers.mixed import MixedTokenizer
-from fusion.train.export import load_decoder
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ class Fusion:
         elif isinstance(dtype, str):
             raise ValueError(f"dtype must be a torch.dtype, None or 'auto', got {dtype!r}")
         path = resolve_checkpoint(path)
-        model = load_decoder(path, device=device, dtype=dtype, check_finite=check_finite)
+        model = Transformer.from_pretrained(path, device=device, dtype=dtype, check_finite=check_finite)
         tokenizer = MixedTokenizer.from_pretrained(path, model.cfg.vocab, device=device, check_finite=check_finite)
         return cls(model, tokenizer, GenerationConfig.from_pretrained(path))
 

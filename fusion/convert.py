@@ -1,9 +1,9 @@
 """Import a released Chameleon / Anole checkpoint folder, whatever its layout, as a fusion checkpoint folder.
 
-- HF transformers' layout (``config.json`` + safetensors, ``model/hf_chameleon.py``): Chameleon's VQ is an encoder
+- HF transformers' layout (``config.json`` + safetensors, ``interop/hf_chameleon.py``): Chameleon's VQ is an encoder
   only, Anole's adds the decoder;
 - Meta's original release (``models/<size>/params.json`` + ``consolidated*.pth``, ``tokenizer/``;
-  ``model/meta_chameleon.py``), VQGAN decoder included;
+  ``interop/meta_chameleon.py``), VQGAN decoder included;
 - ``attach_vqgan``: a taming ``vqgan.ckpt`` + ``vqgan.yaml`` gives any converted folder a decoder, if its codebook
   is the one the folder's encoder uses.
 
@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from fusion import checkpoint as names
+from fusion import checkpoint_layout as layout
 from fusion.files import read_json
 from fusion.inference.config import GenerationConfig
-from fusion.model.hf_chameleon import convert_hf_chameleon
-from fusion.model.meta_chameleon import convert_meta_chameleon, find_model_dir
+from fusion.interop.hf_chameleon import convert_hf_chameleon
+from fusion.interop.meta_chameleon import convert_meta_chameleon, find_model_dir
+from fusion.interop.taming import image_tokenizer_from_taming
 from fusion.tokenizers.image import ImageTokenizer
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, vqgan: str | os.P
     if (vqgan is None) != (vqgan_config is None):
         raise ValueError("--vqgan and --vqgan-config go together (the checkpoint and its yaml)")
     src = local_folder(src)
-    if (src / names.HF_MODEL_CONFIG).is_file():
+    if (src / layout.HF_MODEL_CONFIG).is_file():
         dst = convert_hf_chameleon(src, dst)
-        translate_generation_config(src / names.GENERATION_CONFIG, dst)
+        translate_generation_config(src / layout.GENERATION_CONFIG, dst)
     elif find_model_dir(src) is not None:
         dst = convert_meta_chameleon(src, dst)
     else:
-        raise FileNotFoundError(f"{src}: neither an HF Chameleon / Anole folder ({names.HF_MODEL_CONFIG}) nor Meta's "
-                                f"release ({names.META_PARAMS} here or in models/<size>/)")
+        raise FileNotFoundError(f"{src}: neither an HF Chameleon / Anole folder ({layout.HF_MODEL_CONFIG}) nor Meta's "
+                                f"release ({layout.META_PARAMS} here or in models/<size>/)")
     if vqgan is not None:
         attach_vqgan(dst, vqgan, vqgan_config)
     return Path(dst)
@@ -97,9 +98,9 @@ def attach_vqgan(folder: str | os.PathLike, ckpt: str | os.PathLike, yaml_config
     """Replace ``folder``'s image tokenizer by the VQGAN of ``ckpt`` + ``yaml_config`` (decoder included)."""
     folder = local_folder(folder)
     old = ImageTokenizer.from_pretrained(folder)
-    new = ImageTokenizer.from_taming(ckpt, yaml_config)
+    new = image_tokenizer_from_taming(ckpt, yaml_config)
     _check_codebook(old, new, ckpt)
     new.save_pretrained(folder)
-    for stale in (names.HF_VQ_WEIGHTS, names.HF_VQ_CONFIG):  # vq.json now wins; keep one image tokenizer
+    for stale in (layout.HF_VQ_WEIGHTS, layout.HF_VQ_CONFIG):  # an older convert's copy of HF's VQ: keep one
         (folder / stale).unlink(missing_ok=True)
     return folder

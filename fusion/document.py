@@ -21,9 +21,22 @@ from PIL import Image as PILImage
 
 from fusion.files import atomic_path
 from fusion.images import ImageError, open_image, png_ready, to_data_uri
-from fusion.rows import IMAGE_URL, INVALID_JSON, DocumentError, Part, is_url, row_parts, strip_bom
+from fusion.rows import (
+    IMAGE_KIND,
+    IMAGE_URL,
+    INVALID_JSON,
+    TEXT_KIND,
+    DocumentError,
+    Part,
+    is_url,
+    row_parts,
+    strip_bom,
+)
 
-__all__ = ["Document", "DocumentError", "Image", "Segment", "Text", "read_jsonl", "write_html", "write_jsonl"]
+__all__ = ["IMAGE_KIND", "TEXT_KIND", "Document", "DocumentError", "Image", "Segment", "Text", "read_jsonl",
+           "write_html", "write_jsonl"]
+
+# A segment's kind: a part's tag, a JSONL segment's key, a run of ids (``tokenizers.grammar`` re-exports them).
 
 
 @dataclass(frozen=True)
@@ -94,7 +107,7 @@ class Document:
 
     def to_json(self) -> dict:
         """The JSONL row; images become lossless PNG data URIs."""
-        return {"segments": [{"text": s.text} if isinstance(s, Text) else {"image": to_data_uri(s.image)}
+        return {"segments": [{TEXT_KIND: s.text} if isinstance(s, Text) else {IMAGE_KIND: to_data_uri(s.image)}
                              for s in self.segments]}
 
     @classmethod
@@ -107,7 +120,7 @@ class Document:
     def from_parts(cls, parts: Sequence[Part], *, base_dir: str | os.PathLike | None = None,
                    where: str = "row") -> Document:
         """Checked ("text", str) / ("image", ref) parts -> Document; an image that cannot be opened raises."""
-        return cls([Text(v) if kind == "text" else Image(_open(v, base_dir, f"{where}, part {i}"))
+        return cls([Text(v) if kind == TEXT_KIND else Image(_open(v, base_dir, f"{where}, part {i}"))
                     for i, (kind, v) in enumerate(parts)])
 
     @classmethod

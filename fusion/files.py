@@ -78,3 +78,12 @@ def file_record(path: str | os.PathLike) -> dict:
         while chunk := f.read(1 << 24):  # hashlib.file_digest is Python 3.11+; the project supports 3.10
             digest.update(chunk)
     return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def first_present(directory: str | os.PathLike, *names: str, what: str) -> Path:
+    """The first of ``names`` that exists in ``directory``; a FileNotFoundError naming all of them otherwise."""
+    directory = Path(directory)
+    for name in names:
+        if (directory / name).is_file():
+            return directory / name
+    raise FileNotFoundError(f"{directory} has no {what}: expected {' or '.join(names)}")

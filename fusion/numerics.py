@@ -13,8 +13,8 @@ import torch
 def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of the floating tensors holding a NaN or an inf, (each tensor read once).
 
-    ``aminmax`` reads each tensor once without a bool copy (NaN propagates, an inf shows as the min or max), ~25x
-    faster than ``isfinite().all()`` on a CPU.
+    ``aminmax`` reads each tensor once without a bool copy (NaN propagates, an inf shows as the min or max), far
+    faster than ``isfinite().all()`` on a CPU (figures: benchmarks/RESULTS.md, "Figures moved out of code comments").
     """
     names = [k for k, t in tensors.items() if t.is_floating_point() and t.numel()]
     if not names:

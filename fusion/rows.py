@@ -25,7 +25,8 @@ EMPTY = "empty document"
 IMAGE_URL = "image URL not fetched"
 URL_SCHEMES = ("http://", "https://")
 
-Part = tuple[str, Any]  # ("text", str) or ("image", a str path / URL / data URI, bytes or a PIL image)
+TEXT_KIND, IMAGE_KIND = "text", "image"  # a part's kind, also its key in a JSONL segment
+Part = tuple[str, Any]  # (TEXT_KIND, str) or (IMAGE_KIND, a str path / URL / data URI, bytes or a PIL image)
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
 
 
@@ -57,14 +58,15 @@ def row_parts(row: Any, where: str) -> tuple[list[Part], set[str]]:
         parts, used = _obelics(row.get("texts"), row.get("images"), where), {"texts", "images"}
     elif "image" in row:
         caption = row.get("caption", row.get("text"))
-        parts = ([] if caption is None else [_part("text", caption, where)]) + [_part("image", row["image"], where)]
+        image = [_part(IMAGE_KIND, row["image"], where)]
+        parts = image if caption is None else [_part(TEXT_KIND, caption, where), *image]
         used = {"image", "caption", "text"}
     elif "text" in row:
-        parts, used = [_part("text", row["text"], where)], {"text"}
+        parts, used = [_part(TEXT_KIND, row["text"], where)], {"text"}
     else:
         raise DocumentError(f"{where}: no 'segments', 'texts'/'images', 'image' or 'text' column "
                             f"(keys: {sorted(row)[:8]})")
-    if not any(kind == "image" or value for kind, value in parts):
+    if not any(kind == IMAGE_KIND or value for kind, value in parts):
         raise DocumentError(f"{where}: the document is empty", EMPTY)
     return parts, set(row) - used
 
@@ -75,7 +77,7 @@ def _segments(segments: Any, where: str) -> list[Part]:
                             NULL_VALUE if segments is None else WRONG_TYPE)
     parts = []
     for i, seg in enumerate(segments):
-        if not isinstance(seg, dict) or len(seg) != 1 or next(iter(seg)) not in ("text", "image"):
+        if not isinstance(seg, dict) or len(seg) != 1 or next(iter(seg)) not in (TEXT_KIND, IMAGE_KIND):
             raise DocumentError(f"{where}, segment {i}: expected {{'text': ...}} or {{'image': ...}}, got {seg!r:.80}")
         (kind, value), = seg.items()
         parts.append(_part(kind, value, f"{where}, segment {i}"))
@@ -91,20 +93,20 @@ def _obelics(texts: Any, images: Any, where: str) -> list[Part]:
     for i, (t, im) in enumerate(zip(texts, images, strict=True)):
         if (t is None) == (im is None):
             raise DocumentError(f"{where}, position {i}: exactly one of texts[{i}] / images[{i}] must be set")
-        parts.append(_part("text", t, f"{where}, position {i}") if t is not None
-                     else _part("image", im, f"{where}, position {i}"))
+        parts.append(_part(TEXT_KIND, t, f"{where}, position {i}") if t is not None
+                     else _part(IMAGE_KIND, im, f"{where}, position {i}"))
     return parts
 
 
 def _part(kind: str, value: Any, where: str) -> Part:
     """A checked part: text must be a str; an image ref is unwrapped from a ``datasets`` dict."""
-    if kind == "image" and isinstance(value, dict) and set(value) <= {"bytes", "path"}:
+    if kind == IMAGE_KIND and isinstance(value, dict) and set(value) <= {"bytes", "path"}:
         value = value.get("bytes") or value.get("path")
-    if value is None or (kind == "image" and value in ("", b"")):
+    if value is None or (kind == IMAGE_KIND and value in ("", b"")):
         raise DocumentError(f"{where}: the {kind} is null", NULL_VALUE)
-    if kind == "text" and not isinstance(value, str):
+    if kind == TEXT_KIND and not isinstance(value, str):
         raise DocumentError(f"{where}: text must be a string, got {type(value).__name__}", WRONG_TYPE)
-    if kind == "image" and not isinstance(value, (str, bytes, PILImage.Image)):
+    if kind == IMAGE_KIND and not isinstance(value, (str, bytes, PILImage.Image)):
         raise DocumentError(f"{where}: an image must be a path, URL, data URI, bytes or PIL image, got "
                             f"{type(value).__name__}", WRONG_TYPE)
     return kind, value

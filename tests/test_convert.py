@@ -12,6 +12,7 @@ import fusion
 from fusion.cli.convert import main
 from fusion.convert import attach_vqgan, convert
 from fusion.inference.generate import generate_ids
+from fusion.interop.taming import taming_state_dict
 
 from .model.chameleon import VQ_CONFIG, decoder_state, hf_model, vocabulary_map, write_text_tokenizer
 
@@ -70,10 +71,9 @@ def test_vqgan_attaches_a_decoder_to_a_converted_chameleon(tmp_path):
     want = model.generate("tok30 tok31", mode="text", max_new_tokens=6, do_sample=False)
 
     assert main([str(tmp_path / "plain"), "--vqgan", str(ckpt), "--vqgan-config", str(cfg)]) == 0  # in place
-    assert not (tmp_path / "plain" / "hf_vqmodel.safetensors").exists()
     model = fusion.load(tmp_path / "plain", device="cpu")
     decoder = decoder_state(VQ_CONFIG, seed=5)
-    ours = model.tokenizer.image.taming_state_dict()
+    ours = taming_state_dict(model.tokenizer.image)
     assert all(torch.equal(ours[k], v) for k, v in decoder.items())
     assert model.generate("tok30 tok31", mode="text", max_new_tokens=6, do_sample=False) == want  # LM untouched
     doc = model.generate("tok30 tok31", mode="image", seed=1)
@@ -90,6 +90,7 @@ def test_vqgan_attaches_a_decoder_to_a_converted_chameleon(tmp_path):
 def test_a_vqgan_whose_codebook_differs_is_refused(tmp_path):
     hf, src = hf_chameleon_folder(tmp_path)
     dst = convert(src, tmp_path / "plain")
+    before = {name: (dst / name).read_bytes() for name in ("vq.json", "vq.safetensors")}
     codebook = hf.model.vqmodel.quantize.embedding.weight.detach().clone()
     codebook[3] += 0.05
     with pytest.raises(ValueError, match=r"codebook differs .*code 3"):
@@ -100,13 +101,13 @@ def test_a_vqgan_whose_codebook_differs_is_refused(tmp_path):
     smaller = taming_yaml({**VQ_CONFIG, "resolution": 8})
     with pytest.raises(ValueError, match="16 codes per image, the folder's encoder makes 64"):
         attach_vqgan(dst, *vqgan_files(tmp_path / "c", hf, yaml_config=smaller))
-    assert (dst / "hf_vqmodel.safetensors").is_file() and not (dst / "vq.json").exists()  # left as it was
+    assert {name: (dst / name).read_bytes() for name in before} == before  # left as it was
 
 
 def test_real_size_text_to_image_round_trip(tmp_path):
     """The released vocabulary layout (65,536 ids, codes at 4..8195) and Chameleon's real VQGAN (512 px, 1024
     codes, 8192 x 256 codebook, decoder included; random weights) behind a scaled-down LM, as an HF Anole folder."""
-    from fusion.model.hf_chameleon import vocabulary_map as released_map
+    from fusion.interop.hf_chameleon import vocabulary_map as released_map
 
     vmap = released_map()
     hf = hf_model(seed=0, vq_config=REAL_VQ, vmap=vmap, hidden=32, layers=1, ffn=64, n_heads=2, n_kv_heads=2,

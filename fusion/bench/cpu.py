@@ -78,7 +78,7 @@ def build_models(opts: Options, folder: Path):
     """A random HF Chameleon of ``opts``' shape, saved and converted: (hf model, fusion Transformer)."""
     import transformers
 
-    from fusion.model.hf_chameleon import convert_hf_chameleon, vocabulary_map
+    from fusion.interop.hf_chameleon import convert_hf_chameleon, vocabulary_map
     from fusion.model.transformer import Transformer
 
     size = 8192 + opts.text_tokens

@@ -23,8 +23,8 @@ import torch
 
 from fusion.bench.common import copy_roof, ready, sync
 from fusion.inference.generate import generate_ids
+from fusion.interop.hf_chameleon import released_vocab
 from fusion.model.config import ModelConfig
-from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
 
 
@@ -94,7 +94,7 @@ def hf_chameleon(cfg: ModelConfig, directory: Path, device: torch.device):
     """A random HF Chameleon model of ``cfg``'s shapes, saved and converted to a fusion folder."""
     import transformers
 
-    from fusion.model.hf_chameleon import RELEASED, convert_hf_chameleon, vocabulary_map
+    from fusion.interop.hf_chameleon import RELEASED, convert_hf_chameleon, vocabulary_map
 
     v = cfg.vocab
     hf_cfg = transformers.ChameleonConfig(

@@ -27,9 +27,10 @@ from fusion.demo.scoring import TEST_OFFSET, same
 from fusion.document import Document
 from fusion.inference.config import COUPLINGS, GenerationConfig
 from fusion.inference.generate import Generation, complete_config, open_session
+from fusion.interop.hf_chameleon import released_vocab
 from fusion.model.config import ModelConfig
-from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
+from fusion.tokenizers.grammar import ids_to_close
 
 TOP_K = 100
 
@@ -79,7 +80,7 @@ def _row(setting: str, batch: int, method: str, got: dict, plain: dict, n_codes:
     return {"setting": setting, "batch": batch, "method": method, "passes_per_image": round(got["passes"], 2),
             "pass_ratio": round(plain["passes"] / got["passes"], 2), "images_s": round(got["images_s"], 2),
             "speed_ratio": round(got["images_s"] / plain["images_s"], 2),
-            "tokens_per_pass": round((n_codes + 1) / got["passes"], 2), "oracle": round(got["oracle"], 3)}
+            "tokens_per_pass": round(ids_to_close(n_codes) / got["passes"], 2), "oracle": round(got["oracle"], 3)}
 
 
 def checkpoint_rows(model: Fusion, opts) -> list[dict]:

@@ -22,8 +22,8 @@ import torch
 
 from fusion.bench.common import ready, sync
 from fusion.data.shards import TokenDocs
+from fusion.interop.hf_chameleon import released_vocab
 from fusion.model.config import ModelConfig
-from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
 from fusion.train.config import TrainConfig
 from fusion.train.distributed import DistInfo, init_distributed, leave_process_group

@@ -14,7 +14,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="fusion demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=DemoConfig.out_dir)
-    ap.add_argument("--quick", action="store_true", help="a two-minute run on a small world (the test suite's)")
+    ap.add_argument("--quick", action="store_true", help="a short run on a small world (the test suite's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", choices=("auto", "bf16", "fp32"), default=DemoConfig.dtype,
                     help="the decoder's training and decoding dtype; auto: bf16 on a CPU with native bf16 that "

@@ -21,12 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fusion.data.corpus import rows_of
     from fusion.data.fetch import Fetcher, ImageCache, default_cache
     from fusion.data.report import IngestReport
-    from fusion.rows import is_url
+    from fusion.rows import IMAGE_KIND, is_url
 
     spec, report = corpus_spec(args), IngestReport()
     cache = ImageCache(spec.image_cache or default_cache())
     with logging_redirect_tqdm():
-        urls = [v for _, _, parts in rows_of(spec, report) for kind, v in parts if kind == "image" and is_url(v)]
+        urls = [v for _, _, parts in rows_of(spec, report) for kind, v in parts if kind == IMAGE_KIND and is_url(v)]
         fetcher = Fetcher(cache, FetchConfig(**config_overrides(args, FetchConfig)), progress=True)
         failed = fetcher.fetch_all(urls)
     print(f"{len(set(urls))} image URL(s) in {report.rows} rows; cache {cache.root}:")

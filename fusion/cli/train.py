@@ -67,9 +67,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def _train(args, cfg: TrainConfig, info) -> None:
     """Tokenize (rank 0), pack, train and print the data report."""
     from fusion.data.mixture import record_mixture, training_docs
+    from fusion.train.datasets import training_datasets
     from fusion.train.distributed import prepare_on_main
     from fusion.train.loop import Trainer
-    from fusion.train.packing import ConditionDropout, PackedDataset
 
     model, tokenizer = _model_and_tokenizer(args, cfg.seed)
     # rank 0 tokenizes while the others wait outside the collective timeout (a large corpus takes hours)
@@ -78,11 +78,7 @@ def _train(args, cfg: TrainConfig, info) -> None:
     if info.is_main:
         log.info("%s", _mixture_text(shares))
         record_mixture(_tokens_dir(args), shares)
-    common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id,
-                  rank=info.rank, world_size=info.world_size, whole_documents=cfg.whole_documents)
-    train_data = PackedDataset(train_docs, seed=cfg.seed, condition_dropout=ConditionDropout(
-        cfg.condition_dropout, tokenizer.vocab.bos_id, tokenizer.vocab.boi_id), **common)
-    eval_data = PackedDataset(eval_docs, seed=cfg.seed, drop_last=False, **common) if len(eval_docs) else None
+    train_data, eval_data = training_datasets(cfg, tokenizer.vocab, train_docs, eval_docs, info)
     if eval_data is None:
         log.warning("no documents held out for evaluation (%d documents, --eval-fraction %s): eval is off",
                     len(train_docs), args.eval_fraction)
@@ -95,15 +91,14 @@ def _model_and_tokenizer(args, seed: int):
     """The model and tokenizers to train: a checkpoint's, or a fresh ``--preset`` model over given tokenizers."""
     import torch
 
-    from fusion.checkpoint import resolve_checkpoint
     from fusion.model.config import ModelConfig
     from fusion.model.transformer import Transformer
+    from fusion.run_checkpoints import resolve_checkpoint
     from fusion.tokenizers.mixed import MixedTokenizer
-    from fusion.train.export import load_decoder
 
     if args.checkpoint:
         folder = resolve_checkpoint(args.checkpoint)
-        model = load_decoder(folder).train()
+        model = Transformer.from_pretrained(folder).train()
         return model, MixedTokenizer.from_pretrained(folder, model.cfg.vocab)
     if not (args.text_model and args.vq):
         raise SystemExit("fusion train: give --checkpoint DIR, or --text-model and --vq for a fresh model")
@@ -125,7 +120,7 @@ def _pretokenized(args) -> bool:
 
 def _tokens_dir(args) -> Path:
     """A tokenized corpus given as the data, else ``--out/tokens``."""
-    from fusion.checkpoint import TOKENS
+    from fusion.checkpoint_layout import TOKENS
 
     return Path(args.data[0]) if _pretokenized(args) else Path(args.out) / TOKENS
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from fusion.data.report import IngestReport, unknown_key
 from fusion.data.spec import DEFAULT_SYNTHETIC_DOCS, SYNTHETIC, CorpusSpec, Source
-from fusion.document import Document, Text
+from fusion.document import IMAGE_KIND, TEXT_KIND, Document, Text
 from fusion.rows import INVALID_JSON, DocumentError, Part, row_parts
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def parse_row(raw: Any, where: str, report: IngestReport, renames: dict[str, str
     """A raw row's checked parts (columns renamed by ``renames`` first); None (counted by cause) when the row
     cannot be used. Unknown keys are ignored, counted, and logged once per key."""
     if isinstance(raw, Document):
-        return [("text", s.text) if isinstance(s, Text) else ("image", s.image) for s in raw.segments]
+        return [(TEXT_KIND, s.text) if isinstance(s, Text) else (IMAGE_KIND, s.image) for s in raw.segments]
     try:
         if isinstance(raw, str):
             try:
@@ -80,7 +80,7 @@ def rows_of(spec: CorpusSpec, report: IngestReport) -> Iterator[tuple[Source, st
 def corpus_texts(spec: CorpusSpec, report: IngestReport) -> Iterator[str]:
     """The text of each usable row (its text parts joined; images are not opened): a BPE training corpus."""
     for _, _, parts in rows_of(spec, report):
-        text = "".join(v for kind, v in parts if kind == "text")
+        text = "".join(v for kind, v in parts if kind == TEXT_KIND)
         if text:
             report.kept += 1
             yield text

@@ -17,7 +17,7 @@ from fusion.data.corpus import rows_of
 from fusion.data.fetch import URL_FAILED, FetchConfig, Fetcher, ImageCache, default_cache
 from fusion.data.report import ANIMATED, CROPPED, IngestReport
 from fusion.data.spec import CorpusSpec
-from fusion.document import Document, Image, Text
+from fusion.document import IMAGE_KIND, TEXT_KIND, Document, Image, Text
 from fusion.images import ImageError, load_image
 from fusion.rows import EMPTY, Part, is_url
 from fusion.tokenizers.image import MOSTLY_DROPPED, ImageTokenizer, kept_fraction
@@ -36,7 +36,7 @@ class ImageOpener:
 
     def prefetch(self, rows: list[list[Part]]) -> None:
         """Fetch the image URLs of these rows that the cache lacks, concurrently."""
-        self.fetcher.ensure(v for parts in rows for kind, v in parts if kind == "image" and is_url(v))
+        self.fetcher.ensure(v for parts in rows for kind, v in parts if kind == IMAGE_KIND and is_url(v))
 
     def _resolve(self, url: str, where: str, report: IngestReport) -> Path | None:
         found = self.fetcher.status(url)
@@ -78,7 +78,7 @@ class ImageOpener:
         """The row's Document, unusable images left out; None (counted) when nothing is left."""
         segments = []
         for i, (kind, value) in enumerate(parts):
-            if kind == "text":
+            if kind == TEXT_KIND:
                 segments.append(Text(value))
             elif (image := self.open(value, base_dir, f"{where}, part {i}", report)) is not None:
                 segments.append(Image(image))
@@ -96,7 +96,7 @@ def corpus_images(spec: CorpusSpec, opener: ImageOpener, report: IngestReport) -
         opener.prefetch([parts for _, _, parts in chunk])
         for source, where, parts in chunk:
             for i, (kind, value) in enumerate(parts):
-                if kind == "image":
+                if kind == IMAGE_KIND:
                     image = opener.open(value, source.base_dir, f"{where}, part {i}", report)
                     if image is not None:
                         report.kept += 1

@@ -26,8 +26,8 @@ from fusion.model.transformer import Transformer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.tokenizers.text import TextTokenizer
 from fusion.train.config import TrainConfig
+from fusion.train.datasets import training_datasets
 from fusion.train.loop import Trainer
-from fusion.train.packing import ConditionDropout, PackedDataset
 from fusion.train.vq.config import VQTrainConfig
 from fusion.train.vq.loop import train_vq
 
@@ -45,21 +45,19 @@ class DemoConfig:
     eval_prompts: int = 200     # held-out scenes per direction (the reported accuracies)
     val_prompts: int = 200      # other scenes, to choose the guidance scale on
     bpe_vocab: int = 512
-    vq_steps: int = 500         # oracle accuracy on 256 held-out reconstructions: 100% at 500, 98.8% at 300
-    lm_steps: int = 700         # seed 0, held-out: see README; 800 steps cost ~12% more for about the same
-    lm_batch: int = 19          # 19 x 218 tokens: about the 4,096 a step of the earlier 16 x 256 recipe held
+    vq_steps: int = 500         # where the oracle still reads every held-out reconstruction (RESULTS.md)
+    lm_steps: int = 700         # more steps cost time for no better held-out score (RESULTS.md)
+    lm_batch: int = 19          # 19 x 218: about 4,096 tokens a step, as the recipe was tuned with
     seq_len: int = 218          # + 1 = 219: three 73-token caption documents fill a sequence exactly
     lm_lr: float = 3e-3
     condition_dropout: float = 0.1
-    # Cut packing split a third of the documents across two sequences (a caption trained apart from its image);
-    # whole, 2.8% of tokens are padding. Text -> image on 800 prompts at scales 2-4: cut 16 x 256 x 800 steps
-    # 97.1-98.1%, whole 19 x 218 x 700 steps 97.1-97.9%, in about 15% less time.
+    # Cut packing trains a third of the captions apart from their image; whole documents cost a little padding
+    # and reach the same accuracy in less time (figures: benchmarks/RESULTS.md, "Figures moved out of code comments").
     whole_documents: bool = True
-    compile: bool = True        # the decoder's blocks train compiled: ~1.4x eager's tokens/s; compiling takes
-                                # ~20 s on a fresh machine, ~3 s once Inductor's cache holds it
+    compile: bool = True        # the blocks train compiled: faster than eager once Inductor's cache holds them
     guidance_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
     # Low: a tiny model's samples drift off the shape at temperature 1. Not 0: greedy draws one image per caption
-    # (48 distinct captions), so its accuracy jumps by whole captions (95.5% -> 100% -> 96.5% at scales 2, 2.5, 3).
+    # (48 distinct captions), so its accuracy jumps by whole captions from one guidance scale to the next.
     image_temperature: float = 0.3
     stories: int = 4            # interleaved generations shown on the page
     single_prompts: int = 12    # captions generated one at a time to time plain vs speculative decoding at batch 1
@@ -69,8 +67,8 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, out_dir: str) -> DemoConfig:
-        """About two minutes: small, but trained enough to draw most captions unguided (about 61% of held-out
-        prompts at seed 0), which is what a test of guidance needs."""
+        """A few minutes: small, but trained enough to draw most captions unguided, which is what a test of
+        guidance needs."""
         return cls(out_dir=out_dir, documents=2000, eval_prompts=64, val_prompts=32, bpe_vocab=300, vq_steps=300,
                    lm_steps=300, stories=2, single_prompts=4)
 
@@ -110,13 +108,8 @@ def _train_decoder(cfg: DemoConfig, tokenizer: MixedTokenizer, token_docs: Token
                                    progress=cfg.progress, condition_dropout=cfg.condition_dropout,
                                    compile=cfg.compile, whole_documents=cfg.whole_documents,
                                    dtype=cfg.dtype)
-    train_docs, eval_docs = token_docs.split(0.05)
-    v = tokenizer.vocab
-    common = dict(seq_len=cfg.seq_len, batch_size=cfg.lm_batch, pad_id=v.pad_id, seed=cfg.seed,
-                  whole_documents=cfg.whole_documents)
-    dropout = ConditionDropout(cfg.condition_dropout, v.bos_id, v.boi_id)
-    trainer = Trainer(train_cfg, model, tokenizer, PackedDataset(train_docs, condition_dropout=dropout, **common),
-                      PackedDataset(eval_docs, drop_last=False, **common), out / "lm")
+    trainer = Trainer(train_cfg, model, tokenizer, *training_datasets(train_cfg, tokenizer.vocab,
+                                                                      *token_docs.split(0.05)), out / "lm")
     history = trainer.fit()
     return model.eval(), trainer.dtype, next(m["eval_ce"] for m in reversed(history) if "eval_ce" in m)
 
@@ -133,7 +126,7 @@ def run(cfg: DemoConfig) -> DemoReport:
     docs = list(world.documents(cfg.documents, story_fraction=cfg.story_fraction))
     text = TextTokenizer.train(("".join(d.texts) for d in docs), cfg.bpe_vocab)
     clock.lap("bpe")
-    # held-out metrics before and after only: each pass costs about a second and changes nothing in training
+    # held-out metrics before and after only: a pass costs time and changes nothing in training
     vq_cfg = VQTrainConfig.preset("tiny", steps=cfg.vq_steps, eval_every=cfg.vq_steps, seed=cfg.seed,
                                   progress=cfg.progress)
     image, _ = train_vq(vq_cfg, world, out / "vq")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from fusion import checkpoint as names
+from fusion import checkpoint_layout as layout
 
 MODES = ("text", "image", "mixed")
 GUIDANCE_FORMS = ("probs", "logits")
@@ -148,14 +148,14 @@ class GenerationConfig:
         """Write ``generation_config.json`` into ``directory`` (atomically); returns its path."""
         from fusion.files import write_json  # here, not above: `fusion generate --help` stays free of torch
 
-        path = Path(directory) / names.GENERATION_CONFIG
+        path = Path(directory) / layout.GENERATION_CONFIG
         write_json(path, self.to_dict())
         return path
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> GenerationConfig:
         """A checkpoint folder's ``generation_config.json``; the defaults when the folder has none."""
-        path = Path(directory) / names.GENERATION_CONFIG
+        path = Path(directory) / layout.GENERATION_CONFIG
         if not path.is_file():
             return cls()
         try:

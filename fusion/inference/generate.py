@@ -25,6 +25,7 @@ from fusion.inference.noise import Seed, expand_rows
 from fusion.inference.session import DecodeSession
 from fusion.inference.stopping import stop_end
 from fusion.model.transformer import Transformer
+from fusion.tokenizers.grammar import ids_to_close, images_closed
 from fusion.tokenizers.mixed import ImageCodes, MixedTokenizer, StreamDecoder
 
 DEFAULT_MAX_NEW_TOKENS = 256  # text / mixed modes, capped by the context left after the longest prompt
@@ -38,7 +39,8 @@ def complete_config(model: Transformer, prompts: Sequence[torch.Tensor], tokens_
     config = (config or GenerationConfig()).replace(**overrides)
     if config.max_new_tokens is None:
         room = model.cfg.max_seq_len - max(len(p) for p in prompts) - (config.mode == "image")
-        budget = tokens_per_image + 1 if config.mode == "image" else max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
+        one_image = ids_to_close(tokens_per_image)  # after the forced boi: N codes, eoi
+        budget = one_image if config.mode == "image" else max(1, min(DEFAULT_MAX_NEW_TOKENS, room))
     else:
         budget = config.max_new_tokens
     return config.resolved(next(model.parameters()).device.type, budget)
@@ -140,7 +142,7 @@ def _pieces(model: Transformer, tokenizer: MixedTokenizer, prompts: Sequence[Doc
     if record is not None:
         record.ids, record.passes = [d.ids for d in decoders], session.passes
         record.image_passes = session.image_passes()
-        record.images = [ids.count(tokenizer.vocab.eoi_id) for ids in record.ids]
+        record.images = [images_closed(ids, tokenizer.vocab) for ids in record.ids]
 
 
 def stream_documents(model: Transformer, tokenizer: MixedTokenizer, prompts: Sequence[Document],

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from fusion.inference.config import GenerationConfig
-from fusion.tokenizers.grammar import split
+from fusion.tokenizers.grammar import IMAGE_KIND, boi_position, codes_owed, ids_to_close, open_codes, split
 from fusion.vocab import Vocab
 
 
@@ -30,22 +30,15 @@ class PromptBatch:
         return len(self.prefixes)
 
 
-def open_image_codes(prompt: torch.Tensor, vocab: Vocab, n_codes: int) -> int | None:
-    """Codes already written in an image the prompt leaves open (boi without eoi), or None."""
-    runs = split(prompt.tolist(), vocab, n_codes)
-    last = runs[-1] if runs else None
-    return last.end - last.start if last is not None and not last.closed else None
-
-
 def guidance_prompt(prompt: torch.Tensor, vocab: Vocab, n_codes: int, keep_images: bool,
                     n_open: int | None) -> torch.Tensor:
     """The prompt with its conditioning dropped: bos, [its complete images,] and any image it leaves open."""
     parts = [prompt[:1]] if len(prompt) and int(prompt[0]) == vocab.bos_id else []
     if keep_images:
-        parts += [prompt[run.start - 1:run.end + 1] for run in split(prompt.tolist(), vocab, n_codes)
-                  if run.kind == "image" and run.closed]
+        parts += [prompt[run.span] for run in split(prompt.tolist(), vocab, n_codes)
+                  if run.kind == IMAGE_KIND and run.closed]
     if n_open is not None:
-        parts.append(prompt[len(prompt) - n_open - 1:])
+        parts.append(prompt[boi_position(len(prompt), n_open):])
     return torch.cat(parts) if parts else prompt.new_empty(0)
 
 
@@ -69,16 +62,16 @@ def prepare_prompts(prompts: Sequence[torch.Tensor], vocab: Vocab, n_codes: int,
     rows, prefixes, opens = [], [], []
     for i, p in enumerate(prompts):
         p = check_prompt(i, p, vocab)
-        k = open_image_codes(p, vocab, n_codes)
+        k = open_codes(p.tolist(), vocab, n_codes)
         prefix = []
         if config.mode == "text" and k is not None:
             raise ValueError(f"prompt {i} ends inside an image; mode='text' cannot finish it (use 'mixed')")
         if config.mode == "image" and k is None:  # boi forced at once: appended to the prompt, and heads the output
             prefix, k = [vocab.boi_id], 0
             p = torch.cat([p, torch.tensor(prefix)])
-        if k is not None and max_new_tokens < n_codes - k + 1:
+        if k is not None and max_new_tokens < ids_to_close(n_codes, k):
             raise ValueError(f"max_new_tokens={max_new_tokens} cannot finish the image of prompt {i}: "
-                             f"{n_codes - k} more codes + eoi are needed")
+                             f"{codes_owed(n_codes, k)} more codes + eoi are needed")
         if len(p) + max_new_tokens > context:
             raise ValueError(f"prompt {i} has {len(p)} tokens; with max_new_tokens={max_new_tokens} that "
                              f"exceeds the model's context of {context}")

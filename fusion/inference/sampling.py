@@ -6,14 +6,14 @@ Guidance mixes the conditional and unconditional copies: ``uncond + scale * (con
 conditional model itself, either on logits (Chameleon's ``InBatchCFGLogitsProcessor``, LlamaGen, HF) or on
 probabilities, clamped at 0. On logits it multiplies each token's odds by ``(p_cond / p_uncond) ** (scale - 1)``,
 which rewards tokens for being unlikely WITHOUT the condition: among a VQ codebook's near-duplicate codes it
-picks atypical ones, and images come apart. Measured on the demo's checkpoint (greedy, 100 held-out captions,
-scale 3): logits chose a code other than the conditional model's first choice at most steps (mean rank 0.94) and
-the oracle read 67% back; probabilities kept the first choice almost always (mean rank 0.12) and read 100%.
-On logits, modality masks are applied after guidance (``-inf - -inf`` is NaN). On probabilities, each copy is
-first renormalised over the ids the row may emit (``allowed``): the guided mass over them then sums to 1, so at
-least one stays above the clamp, and a forced token (``eoi`` after an image's last code) keeps probability 1.
+picks atypical ones, and images come apart; probabilities keep the conditional model's first choice, hence the
+default (figures: benchmarks/RESULTS.md, "Figures moved out of code comments"). On logits, modality masks are
+applied after guidance (``-inf - -inf`` is NaN). On probabilities, each copy is first renormalised over the ids
+the row may emit (``allowed``): the guided mass over them then sums to 1, so at least one stays above the clamp,
+and a forced token (``eoi`` after an image's last code) keeps probability 1.
 Renormalised over the whole vocabulary instead, a forced token the unconditional copy likes better than the
-conditional one went to 0 at scale 3, nothing was left, and a row ended its image with ``pad``.
+conditional one can be clamped to 0 at a high scale, leaving nothing to sample: the row would end its image with
+``pad``.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from fusion.inference.step import Copies, Knobs, Masks, RowState, StepOptions, c
 from fusion.kernels import cpu_paths
 from fusion.model.cache import KVCache
 from fusion.model.transformer import Transformer
+from fusion.tokenizers.grammar import codes_owed, ids_to_close
 
 KNOB_DEFAULTS = dict(temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, guidance_scale=1.0,
                      image_guidance_scale=1.0)  # what a free slot holds: every processor a no-op
@@ -43,7 +44,7 @@ def uses_windows(config: GenerationConfig) -> bool:
 
 def engine_options(config: GenerationConfig, n_codes: int) -> dict:
     """What an engine fixes for every group it takes: the guidance form, the speculative window and coupling."""
-    window = min(config.speculative_window, n_codes + 1) if uses_windows(config) else 1  # a pass emits <= N + eoi
+    window = min(config.speculative_window, ids_to_close(n_codes)) if uses_windows(config) else 1  # a pass: <= N + eoi
     return dict(guidance_form=config.guidance_form, window=window, coupling=config.speculative_coupling)
 
 
@@ -75,7 +76,7 @@ def row_state(batch: PromptBatch, vocab, n_codes: int, config: GenerationConfig,
     full = lambda value: torch.full((R,), value, dtype=torch.long, device=device)  # noqa: E731
     return RowState(
         in_image=torch.tensor([k is not None for k in opens], device=device),
-        codes_left=torch.tensor([n_codes - (k or 0) for k in opens], device=device),
+        codes_left=torch.tensor([codes_owed(n_codes, k or 0) for k in opens], device=device),
         images_left=full(images), remaining=full(budget), done=torch.arange(R, device=device) >= B,
         n_out=full(0), out=torch.full((R, width), vocab.pad_id, dtype=torch.long, device=device),
         image_passes=full(0), nonfinite=torch.zeros(R, dtype=torch.bool, device=device),

@@ -154,7 +154,8 @@ def next_drafts(window: Window, p: torch.Tensor, verdict: Verdict, fresh: torch.
     giving each next position its own draws.
 
     A next position this pass predicted gets q = its p here (Jacobi); the positions beyond start from the furthest
-    p the pass computed (a guess as good as any: on the demo it beat uniform by a little). How the draft is drawn
+    p the pass computed (a guess as good as any, and a little better than uniform on the demo: benchmarks/RESULTS.md,
+    "speculative decoding of images"). How the draft is drawn
     from q (``opts.coupling``): "independent" (SJD), "gumbel" (the position's draws are kept from pass to pass) or
     "maximal" (the position's old draft is kept with probability min(1, p / q_old), else a draw from the residual:
     MC-SJD's maximal coupling)."""

@@ -24,6 +24,7 @@ import torch
 from fusion.inference import sampling
 from fusion.model.cache import KVCache
 from fusion.model.transformer import Transformer
+from fusion.tokenizers.grammar import image_length, spans_after
 from fusion.vocab import Vocab
 
 
@@ -143,7 +144,7 @@ class Copies:
 
 def allowed_ids(state: RowState, masks: Masks, n_codes: int) -> torch.Tensor:
     """[B, V] bool: what each row may emit now, by its mode and budget."""
-    may_start = (state.images_left > 0) & (state.remaining >= n_codes + 2)
+    may_start = (state.images_left > 0) & (state.remaining >= image_length(n_codes))
     text_ok = masks.text | (masks.boi & may_start[:, None])
     image_ok = torch.where((state.codes_left > 0)[:, None], masks.image, masks.eoi)
     allowed = torch.where(state.in_image[:, None], image_ok, text_ok)
@@ -212,9 +213,9 @@ def advance(state: RowState, toks: torch.Tensor, count: torch.Tensor, broken: to
     state.nonfinite.logical_or_(broken & live)
     state.image_passes.add_((state.in_image & live).long())
     state.n_out.add_(count)
-    codes = torch.where(state.in_image, count - is_eoi.long(), 0)
-    state.codes_left.copy_(torch.where(is_boi, opts.n_codes, state.codes_left - codes))
-    state.in_image.copy_((state.in_image & ~is_eoi) | is_boi)
+    in_image, codes_left = spans_after(state.in_image, state.codes_left, count, is_boi, is_eoi, opts.n_codes)
+    state.codes_left.copy_(codes_left)
+    state.in_image.copy_(in_image)
     state.images_left.sub_(is_eoi.long())
     state.remaining.sub_(count)
     state.done.copy_(state.done | (last == opts.eos_id) | (is_eoi & (state.images_left == 0))

@@ -21,10 +21,10 @@ from fusion.kernels.doc_runs import run_bounds
 from fusion.kernels.triton_utils import LN2, LOG2E, Launch, autotune, check_launch, dot_precision, pow2, upcast_dots
 
 # GPU autotune candidates (BLOCK_M, BLOCK_N, warps, stages): those that compile without register spills on
-# sm_80 and sm_90 at head_dim 32, 64 and 128 (tests/bench/test_static.py holds them to it). Dropped after
-# the static report: 128x128 tiles, 4 warps at 128x64, dk/dv tiles of 64 queries, and dk/dv with 4 warps
-# (8-24 B of spills at head_dim 64, and at 128 with GQA groups of 8 as in chameleon-34b, on sm_80 / sm_90).
-# Larger head dims are pruned by shared memory (``_smem``).
+# sm_80 and sm_90 at head_dim 32, 64 and 128 (tests/bench/test_static.py holds them to it). Left out because
+# they spill at head_dim 64 or 128 (GQA groups of 8 included, as in chameleon-34b) on sm_80 or sm_90: 128x128
+# tiles, 4 warps at 128x64, dk/dv tiles of 64 queries, and dk/dv with 4 warps (the compile report's figures:
+# benchmarks/RESULTS.md, "static compile report"). Larger head dims are pruned by shared memory (``_smem``).
 _C = lambda m, n, w, s: triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
 FWD_CONFIGS = [_C(128, 64, 8, 2), _C(128, 32, 8, 3), _C(64, 64, 4, 3), _C(64, 32, 4, 3)]
 DKDV_CONFIGS = [_C(16, 128, 8, 3), _C(32, 64, 8, 2), _C(16, 64, 8, 3)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from fusion.kernels import cpu_tune
+from fusion.kernels.registry import register
 
 # ---------------------------------------------------------------- small-row linear (compiled CPU graphs)
 
@@ -79,6 +80,7 @@ DECODE_FORMS = ("sdpa", "math")  # dispatch's CPU decode-attention backends; "sd
 _decode: dict[tuple, str] = {}  # (dtype, compiled, *decode_shape) -> form, this process
 
 
+@register("decode_attention", "math")
 def decode_math(q, k_cache, v_cache, cache_seqlens, *, scale):
     """The same contract as plain matmuls and a softmax: each kv head's query group as one [g * Tq, D] block."""
     B, Hq, Tq, D = q.shape

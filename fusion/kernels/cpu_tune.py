@@ -1,12 +1,13 @@
 """Choosing a CPU fast path by measuring it on the machine in use, once, and remembering the answer.
 
 CPUs differ too much for one rule: a small-row product that streams weights fastest as a reduction on one
-machine loses to the library gemm on another, and bf16 matmul is 0.3 GFLOP/s on one CPU and 6x fp32 on the
-next. So each choice ("site") has today's rule as its default and a few alternatives; the first time a shape
-class is needed, the candidates are timed and an alternative replaces the default only when it is at least
-``MARGIN`` faster. The answer is written to ``tune.json`` in the user cache dir, keyed by the machine (CPU model,
-flags, torch version, threads), the site, the dtype and the shape class, so it is measured once and the numerics
-do not change from run to run. ``FUSION_TUNE=off`` pins today's rules (the test suite runs that way);
+machine loses to the library gemm on another, and bf16 matmul is far slower than fp32 on one CPU and several
+times faster on the next (figures: benchmarks/RESULTS.md, "Figures moved out of code comments"). So each choice
+("site") has today's rule as its default and a few alternatives; the first time a shape class is needed, the
+candidates are timed and an alternative replaces the default only when it is at least ``MARGIN`` faster. The
+answer is written to ``tune.json`` in the user cache dir, keyed by the machine (CPU model, flags, torch version,
+threads), the site, the dtype and the shape class, so it is measured once and the numerics do not change from
+run to run. ``FUSION_TUNE=off`` pins today's rules (the test suite runs that way);
 ``FUSION_CACHE_DIR`` moves the file. A corrupt or stale entry is ignored with a warning: at worst a choice is
 slower, never wrong, since every candidate computes the same thing. The sites and their candidates live in
 ``cpu_paths``; whether bf16 pays is decided here (``native_bf16``).

@@ -22,8 +22,8 @@ import torch
 from fusion.kernels import fallback
 from fusion.vocab import IGNORE_INDEX
 
-# Fewer rows and the chunk's matmuls fall far from peak: on the 2-core CPU (2026-11-24; 2,048 tokens, vocab
-# 12,288, d 512, forward + backward) 86-row chunks ran at 98 GFLOP/s, 1,024-row ones at 138.
+# Fewer rows and the chunk's matmuls fall far from peak, a slower loss for memory a small model does not need to
+# save (figures: benchmarks/RESULTS.md, "Figures moved out of code comments").
 MIN_CHUNK = 1024
 
 

@@ -30,7 +30,8 @@ SPLIT_ALIGN = 128  # slice length is a multiple of every BLOCK_N candidate
 
 # Decoding streams K/V once: tiles of 64 or 128 keys, 2 or 3 stages. Spilling on sm_80, dropped: 128 keys with
 # 4 warps, 64 keys with 4 warps and 3 stages (a head_dim-32 prefill, the tiny preset), and 128 keys with 8 warps
-# and 2 stages (a head_dim-32 speculative window of 16 tokens).
+# and 2 stages (a head_dim-32 speculative window of 16 tokens). Figures: benchmarks/RESULTS.md, "static compile
+# report".
 SPLIT_CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=s)
                  for bn, w, s in ((64, 4, 2), (64, 8, 3), (128, 8, 3))]
 INTERPRET_CONFIG = triton.Config({"BLOCK_N": 32})

@@ -1,10 +1,14 @@
 """Per-op backend choice: triton | flash_attn | sdpa | eager | chunked | math.
 
 Every hot op of the model is called through this module, so a backend can be swapped without touching model
-code. The choice is explicit: the default is picked from the device (Triton on CUDA when installed; SDPA / eager
-on CPU, where ``cpu_paths`` may pick another form by measurement, and the ``chunked`` fused linear-CE everywhere;
-flash_attn only when asked), the env var ``FUSION_KERNELS="attention=sdpa,rms_norm=eager"`` or ``set_backend``
-override it, and each op logs the backend it runs once.
+code. Each backend is a function registered with ``@register(op, name, ...)`` (``registry.py``) where it is
+defined: here for the torch ones and the thin wrappers that import Triton and flash-attn on first call (so that
+``import fusion`` needs neither package), ``cpu_paths`` for its CPU forms. The choice is explicit: what was asked
+for (``set_backend``, else the env var ``FUSION_KERNELS="attention=sdpa,rms_norm=eager"``, read once and again
+after each ``set_backend``), else on a CPU the form ``cpu_paths`` measured for this call, else the device default
+(Triton on CUDA when installed, else the op's portable torch backend: SDPA, eager, or the ``chunked`` fused
+linear-CE; flash_attn only when asked). Asking for a backend that is not registered, or cannot run on this
+machine, is a ValueError naming those that can. Each op logs the backend it runs once.
 
 Tensor layouts (the contract every backend implements):
 - attention:   q [B, Hq, T, D], k/v [B, Hkv, T, D] (Hq % Hkv == 0), optional
@@ -21,9 +25,9 @@ Tensor layouts (the contract every backend implements):
 - linear:      x [..., K], weight [N, K] -> [..., N] (no backend choice: ``linear``)
 
 Triton backends on CPU run only under ``TRITON_INTERPRET=1`` (set before triton is imported); that is how tests
-exercise them. A Triton kernel that fails to build on the GPU at hand falls back to the CPU default with one
-warning (``fallback.py``; ``FUSION_STRICT_KERNELS=1`` makes it an error). The triton attention backend reads
-``doc_ids`` as contiguous runs (how packing lays documents out).
+exercise them. A Triton kernel that fails to build on the GPU at hand falls back to the op's portable backend
+with one warning (``fallback.py``; ``FUSION_STRICT_KERNELS=1`` makes it an error). The triton attention backend
+reads ``doc_ids`` as contiguous runs (how packing lays documents out).
 """
 
 from __future__ import annotations
@@ -31,39 +35,48 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from fusion.kernels import cpu_paths
-from fusion.kernels.overrides import OPS, requested, set_backend  # noqa: F401  (dispatch.set_backend is public)
+from fusion.kernels import cpu_paths, fallback, registry
+from fusion.kernels.overrides import requested, set_backend  # noqa: F401  (dispatch.set_backend is public)
+from fusion.kernels.registry import ANY_DEVICE, register
 from fusion.vocab import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+# The Triton backends: the default on CUDA; a kernel that cannot build sends its op to the portable backend.
+TRITON = dict(available=HAS_TRITON, default_on=("cuda",), build_errors=fallback.compile_errors)
 _logged: set[tuple[str, str]] = set()
 
 
 def backend_for(op: str, device: torch.device, tuned: str | None = None) -> str:
     """The backend ``op`` runs on ``device``: override, env var, then ``tuned`` (a CPU choice measured on this
     machine, ``cpu_paths``), then the device default."""
-    choice = requested(op) or tuned or _default(op, device)
-    if choice not in _IMPLS[op]:
-        raise ValueError(f"backend {choice!r} is not available for {op}; have {sorted(_IMPLS[op])}")
-    if not torch.compiler.is_compiling() and (op, choice) not in _logged:  # traced, logging breaks the graph
-        _logged.add((op, choice))
-        log.info("fusion.kernels: %s -> %s (%s)", op, choice, device.type)
-    return choice
+    return _choose(op, device, tuned).name
 
 
-def _default(op: str, device: torch.device) -> str:
-    if device.type == "cuda" and HAS_TRITON:
-        return "triton"
-    if op == "linear_cross_entropy":
-        return "chunked"
-    return "sdpa" if op in ("attention", "decode_attention") else "eager"
+def function_for(op: str, device: torch.device, tuned: str | None = None) -> Callable:
+    """The function ``op`` runs on ``device`` (``backend_for``'s choice): what every public op below calls."""
+    return _choose(op, device, tuned).fn
+
+
+def _choose(op: str, device: torch.device, tuned: str | None) -> registry.Backend:
+    # Plain lookups, no table changes: this runs inside compiled decode graphs.
+    entry = registry.lookup(op, requested(op) or tuned or registry.default(op, device.type))
+    if not torch.compiler.is_compiling() and (op, entry.name) not in _logged:  # traced, logging breaks the graph
+        _logged.add((op, entry.name))
+        log.info("fusion.kernels: %s -> %s (%s)", op, entry.name, device.type)
+    return entry
+
+
+def implementation(op: str, backend: str) -> Callable:
+    """One backend of ``op`` by name, as dispatch runs it (a Triton one guarded by its fallback)."""
+    return registry.lookup(op, backend).fn
 
 
 # ---------------------------------------------------------------- linear
@@ -91,6 +104,7 @@ def _doc_mask(doc_ids: torch.Tensor | None, T: int, causal: bool, device) -> tor
     return mask
 
 
+@register("attention", "sdpa", default_on=ANY_DEVICE)
 def _attention_sdpa(q, k, v, *, causal, doc_ids, scale):
     if doc_ids is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale,
@@ -100,6 +114,7 @@ def _attention_sdpa(q, k, v, *, causal, doc_ids, scale):
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
+@register("attention", "eager")
 def _attention_eager(q, k, v, *, causal, doc_ids, scale):
     rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
@@ -110,6 +125,7 @@ def _attention_eager(q, k, v, *, causal, doc_ids, scale):
     return (scores.softmax(-1).to(v.dtype)) @ v
 
 
+@register("decode_attention", "sdpa", default_on=ANY_DEVICE)
 def _decode_sdpa(q, k_cache, v_cache, cache_seqlens, *, scale):
     Tq, Tmax = q.shape[2], k_cache.shape[2]
     key_pos = torch.arange(Tmax, device=q.device)
@@ -119,15 +135,18 @@ def _decode_sdpa(q, k_cache, v_cache, cache_seqlens, *, scale):
                                           enable_gqa=q.shape[1] != k_cache.shape[1])
 
 
+@register("rms_norm", "eager", default_on=ANY_DEVICE)
 def _rms_norm_eager(x, weight, eps):
     xf = x.float()
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
+@register("swiglu", "eager", default_on=ANY_DEVICE)
 def _swiglu_eager(gate, up):
     return F.silu(gate) * up
 
 
+@register("linear_cross_entropy", "eager")
 def _linear_cross_entropy_eager(hidden, weight, targets, *, ignore_index):
     logits = (hidden @ weight.t()).float()
     lse = torch.logsumexp(logits, -1)
@@ -140,6 +159,7 @@ def _rope_table(t: torch.Tensor) -> torch.Tensor:
     return {2: lambda: t[None, None], 3: lambda: t[:, None], 4: lambda: t}[t.dim()]()
 
 
+@register("rope", "eager", default_on=ANY_DEVICE)
 def _rope_eager(q, k, cos, sin):
     cos, sin = _rope_table(cos), _rope_table(sin)
 
@@ -150,6 +170,7 @@ def _rope_eager(q, k, cos, sin):
     return rotate(q), rotate(k)
 
 
+@register("linear_cross_entropy", "chunked", default_on=ANY_DEVICE)
 def _linear_cross_entropy_chunked(hidden, weight, targets, *, ignore_index):
     from fusion.kernels.cross_entropy import linear_cross_entropy
     return linear_cross_entropy(hidden, weight, targets, ignore_index=ignore_index)
@@ -159,36 +180,43 @@ def _linear_cross_entropy_chunked(hidden, weight, targets, *, ignore_index):
 # Imported on first call so that ``import fusion`` needs neither package.
 
 
+@register("attention", "triton", **TRITON)
 def _attention_triton(q, k, v, *, causal, doc_ids, scale):
     from fusion.kernels.attention import flash_attention
     return flash_attention(q, k, v, causal=causal, doc_ids=doc_ids, scale=scale)
 
 
+@register("decode_attention", "triton", **TRITON)
 def _decode_triton(q, k_cache, v_cache, cache_seqlens, *, scale):
     from fusion.kernels.decode import decode_attention
     return decode_attention(q, k_cache, v_cache, cache_seqlens, scale=scale)
 
 
+@register("rms_norm", "triton", **TRITON)
 def _rms_norm_triton(x, weight, eps):
     from fusion.kernels.rmsnorm import rms_norm
     return rms_norm(x, weight, eps)
 
 
+@register("swiglu", "triton", **TRITON)
 def _swiglu_triton(gate, up):
     from fusion.kernels.swiglu import swiglu
     return swiglu(gate, up)
 
 
+@register("linear_cross_entropy", "triton", **TRITON)
 def _linear_cross_entropy_triton(hidden, weight, targets, *, ignore_index):
     from fusion.kernels.cross_entropy import linear_cross_entropy
     return linear_cross_entropy(hidden, weight, targets, ignore_index=ignore_index, use_triton=True)
 
 
+@register("rope", "triton", **TRITON)
 def _rope_triton(q, k, cos, sin):
     from fusion.kernels.rope import rope
     return rope(q, k, cos, sin)
 
 
+@register("attention", "flash_attn", available=HAS_FLASH_ATTN)
 def _attention_flash(q, k, v, *, causal, doc_ids, scale):
     """flash-attn wants [B, T, H, D]; packed documents go through its varlen entry (one host sync)."""
     from flash_attn import flash_attn_func, flash_attn_varlen_func
@@ -206,6 +234,7 @@ def _attention_flash(q, k, v, *, causal, doc_ids, scale):
     return out.view(B, T, H, D).transpose(1, 2)
 
 
+@register("decode_attention", "flash_attn", available=HAS_FLASH_ATTN)
 def _decode_flash(q, k_cache, v_cache, cache_seqlens, *, scale):
     # flash-attn aligns causal queries to the end of cache_seqlens keys: our contract exactly.
     from flash_attn import flash_attn_with_kvcache
@@ -214,63 +243,39 @@ def _decode_flash(q, k_cache, v_cache, cache_seqlens, *, scale):
     return out.transpose(1, 2)
 
 
-_IMPLS: dict[str, dict[str, object]] = {
-    "attention": {"sdpa": _attention_sdpa, "eager": _attention_eager},
-    "decode_attention": {"sdpa": _decode_sdpa, "math": cpu_paths.decode_math},
-    "rms_norm": {"eager": _rms_norm_eager},
-    "swiglu": {"eager": _swiglu_eager},
-    "linear_cross_entropy": {"eager": _linear_cross_entropy_eager, "chunked": _linear_cross_entropy_chunked},
-    "rope": {"eager": _rope_eager},
-}
-if HAS_TRITON:
-    from fusion.kernels.fallback import guarded
-
-    for _op, _fn in (("attention", _attention_triton), ("decode_attention", _decode_triton),
-                     ("rms_norm", _rms_norm_triton), ("swiglu", _swiglu_triton),
-                     ("linear_cross_entropy", _linear_cross_entropy_triton), ("rope", _rope_triton)):
-        _cpu = _default(_op, torch.device("cpu"))  # a kernel that cannot build falls back to the CPU default
-        _IMPLS[_op]["triton"] = guarded(_op, _fn, _IMPLS[_op][_cpu], _cpu)
-if HAS_FLASH_ATTN:
-    _IMPLS["attention"]["flash_attn"] = _attention_flash
-    _IMPLS["decode_attention"]["flash_attn"] = _decode_flash
-
-
 # ------------------------------------------------------------------ public ops
 
 
 def attention(q, k, v, *, causal: bool = True, doc_ids=None, scale: float | None = None):
     """Multi-head attention with GQA and optional packed-document masking."""
-    return _IMPLS["attention"][backend_for("attention", q.device)](
-        q, k, v, causal=causal, doc_ids=doc_ids, scale=scale)
+    return function_for("attention", q.device)(q, k, v, causal=causal, doc_ids=doc_ids, scale=scale)
 
 
 def decode_attention(q, k_cache, v_cache, cache_seqlens, *, scale: float | None = None):
     """Attention of Tq new query tokens against a KV cache with per-row lengths. On a CPU: the form measured for
     this shape class and mode (eager / compiled) when a decode session prepared it (``cpu_paths``), else SDPA."""
     tuned = cpu_paths.decode_form(q, k_cache, torch.compiler.is_compiling()) if q.device.type == "cpu" else None
-    return _IMPLS["decode_attention"][backend_for("decode_attention", q.device, tuned)](
-        q, k_cache, v_cache, cache_seqlens, scale=scale)
+    return function_for("decode_attention", q.device, tuned)(q, k_cache, v_cache, cache_seqlens, scale=scale)
 
 
 def decode_attention_impl(backend: str):
     """One decode-attention backend by name (what the CPU tuner times)."""
-    return _IMPLS["decode_attention"][backend]
+    return implementation("decode_attention", backend)
 
 
 def rms_norm(x, weight, eps: float = 1e-5):
-    return _IMPLS["rms_norm"][backend_for("rms_norm", x.device)](x, weight, eps)
+    return function_for("rms_norm", x.device)(x, weight, eps)
 
 
 def swiglu(gate, up):
-    return _IMPLS["swiglu"][backend_for("swiglu", gate.device)](gate, up)
+    return function_for("swiglu", gate.device)(gate, up)
 
 
 def linear_cross_entropy(hidden, weight, targets, *, ignore_index: int = IGNORE_INDEX):
     """Per-token cross-entropy and logsumexp of ``hidden @ weight.T``."""
-    return _IMPLS["linear_cross_entropy"][backend_for("linear_cross_entropy", hidden.device)](
-        hidden, weight, targets, ignore_index=ignore_index)
+    return function_for("linear_cross_entropy", hidden.device)(hidden, weight, targets, ignore_index=ignore_index)
 
 
 def rope(q, k, cos, sin):
     """Rotary embedding (rotate-half) of q and k -> (q, k)."""
-    return _IMPLS["rope"][backend_for("rope", q.device)](q, k, cos, sin)
+    return function_for("rope", q.device)(q, k, cos, sin)

@@ -1,9 +1,10 @@
-"""A Triton op that cannot compile on this GPU falls back to the default backend, with one warning.
+"""A kernel backend that cannot build here falls back to its op's portable backend, with one warning.
 
-Compile errors and out-of-resource failures (a new GPU, another Triton version) are raised before anything
-runs, so the op can safely run elsewhere. A forward that fails runs on the fallback; a backward whose kernels
-fail recomputes its gradient through the fallback op (``backward``). CUDA faults at run time poison the context:
-those are not caught. ``FUSION_STRICT_KERNELS=1`` turns the fallback into an error.
+Which backends are guarded, and against which build errors, is said where they are registered (``registry.py``).
+Triton's compile errors and out-of-resource failures (a new GPU, another Triton version) are raised before
+anything runs, so the op can safely run elsewhere. A forward that fails runs on the fallback; a backward whose
+kernels fail recomputes its gradient through the fallback op (``backward``). CUDA faults at run time poison the
+context: those are not caught. ``FUSION_STRICT_KERNELS=1`` turns the fallback into an error.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import torch
 
 log = logging.getLogger("fusion.kernels.dispatch")
 failed: dict[str, str] = {}  # op -> the error that sent it to its fallback
-_fallbacks: dict[str, tuple[Callable, str]] = {}  # op -> (the default backend's function, its name)
+# op -> () -> (the fallback backend's function, its name): looked up when needed, as it may be registered later
+_fallbacks: dict[str, Callable[[], tuple[Callable, str]]] = {}
+_guarded_backend: dict[str, str] = {}  # op -> the name of its guarded backend, for the warning
 
 
 def strict() -> bool:
@@ -37,27 +40,35 @@ def _give_up(op: str, error: BaseException) -> None:
         raise error
     text = str(error).strip()
     failed[op] = f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
-    name = _fallbacks[op][1]
-    log.warning("fusion.kernels: the triton %s kernel failed to build on this GPU (%s); %s runs on %s from now on. "
+    name = _fallbacks[op]()[1]
+    log.warning("fusion.kernels: the %s %s kernel failed to build on this device (%s); %s runs on %s from now on. "
                 "Choose it explicitly with FUSION_KERNELS=%s=%s; FUSION_STRICT_KERNELS=1 makes this an error.",
-                op, failed[op], op, name, op, name)
+                _guarded_backend[op], op, failed[op], op, name, op, name)
 
 
-def guarded(op: str, kernel_fn: Callable, fallback_fn: Callable, fallback_name: str) -> Callable:
-    """``kernel_fn`` until it fails to build, then ``fallback_fn`` for good (one warning names op and error)."""
-    _fallbacks[op] = (fallback_fn, fallback_name)
+def guarded(op: str, backend: str, kernel_fn: Callable, errors: Callable[[], tuple[type[BaseException], ...]],
+            fallback: Callable[[], tuple[Callable, str]]) -> Callable:
+    """``kernel_fn`` until it raises one of ``errors()`` (it cannot build), then the function ``fallback()`` names,
+    for good (one warning names the op and the error)."""
+    _fallbacks[op], _guarded_backend[op] = fallback, backend
 
     @functools.wraps(kernel_fn)
     def call(*args, **kwargs):
         if op in failed:
-            return fallback_fn(*args, **kwargs)
+            return fallback()[0](*args, **kwargs)
         try:
             return kernel_fn(*args, **kwargs)
-        except compile_errors() as e:
+        except errors() as e:
             _give_up(op, e)
-            return fallback_fn(*args, **kwargs)
+            return fallback()[0](*args, **kwargs)
 
     return call
+
+
+def forget(op: str) -> None:
+    """Drop ``op``'s guard and its failure (its guarded backend was unregistered)."""
+    for table in (_fallbacks, _guarded_backend, failed):
+        table.pop(op, None)
 
 
 def backward(op: str, run: Callable[[], Sequence[torch.Tensor | None]], inputs: Callable[[], Sequence[torch.Tensor]],
@@ -73,7 +84,7 @@ def backward(op: str, run: Callable[[], Sequence[torch.Tensor | None]], inputs: 
             _give_up(op, e)
     leaves = [x.detach().requires_grad_(need) for x, need in zip(inputs(), needs, strict=True)]
     with torch.enable_grad():
-        out = _fallbacks[op][0](*leaves, *args, **kwargs)
+        out = _fallbacks[op]()[0](*leaves, *args, **kwargs)
     outs = out if isinstance(out, tuple) else (out,)
     pairs = [(o, g.to(o.dtype)) for o, g in zip(outs, grads, strict=True) if g is not None and o.requires_grad]
     wanted = [leaf for leaf in leaves if leaf.requires_grad]

@@ -6,35 +6,41 @@ from __future__ import annotations
 
 import os
 
-OPS = ("attention", "decode_attention", "rms_norm", "swiglu", "linear_cross_entropy", "rope")
+from fusion.kernels import registry
+
 _overrides: dict[str, str] = {}
 _env: dict[str, str] | None = None  # FUSION_KERNELS, parsed at first use and again after each set_backend
+
+
+def _parse(spec: str) -> dict[str, str]:
+    """``"op=backend,..."`` -> {op: backend}; ops must be registered (backends are checked where they are used)."""
+    out: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        op, _, backend = item.partition("=")
+        if op not in registry.ops() or not backend:
+            raise ValueError(f"FUSION_KERNELS entry {item!r}: expected op=backend with op in {registry.ops()}")
+        out[op] = backend
+    return out
 
 
 def _env_overrides() -> dict[str, str]:
     global _env
     if _env is None:
-        spec = os.environ.get("FUSION_KERNELS", "").strip()
-        out: dict[str, str] = {}
-        for item in filter(None, (s.strip() for s in spec.split(","))):
-            op, _, backend = item.partition("=")
-            if op not in OPS or not backend:
-                raise ValueError(f"FUSION_KERNELS entry {item!r}: expected op=backend with op in {OPS}")
-            out[op] = backend
-        _env = out
+        _env = _parse(os.environ.get("FUSION_KERNELS", "").strip())
     return _env
 
 
 def set_backend(op: str, backend: str | None) -> None:
-    """Force ``op`` to ``backend`` (None restores the automatic choice); ``FUSION_KERNELS`` is read again."""
+    """Force ``op`` to ``backend`` (None restores the automatic choice); ``FUSION_KERNELS`` is read again. A
+    backend that is not registered or cannot run here is an error now."""
     global _env
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; ops are {OPS}")
-    _env = None
     if backend is None:
+        registry.backends(op)  # an unknown op is an error
         _overrides.pop(op, None)
     else:
+        registry.lookup(op, backend)
         _overrides[op] = backend
+    _env = None
 
 
 def requested(op: str) -> str | None:

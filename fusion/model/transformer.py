@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fusion import checkpoint as names
-from fusion.files import load_tensors, read_json, save_tensors, write_json
+from fusion import checkpoint_layout as layout
+from fusion.files import read_json, save_tensors, write_json
 from fusion.kernels import dispatch
 from fusion.kernels.doc_runs import run_positions
 from fusion.model.cache import KVCache
 from fusion.model.config import ModelConfig
 from fusion.model.layers import Block, Linear, RMSNorm, rope_cos_sin
+from fusion.model.weights import load_weights, weights_source
 from fusion.numerics import refuse_nonfinite
 from fusion.vocab import IGNORE_INDEX
 
@@ -184,22 +185,21 @@ class Transformer(nn.Module):
         state = self.state_dict()
         if self.cfg.tie_embeddings:
             state.pop("lm_head.weight")
-        save_tensors(directory / names.MODEL_WEIGHTS, state)
-        write_json(directory / names.MODEL_CONFIG, self.cfg.to_dict())
+        save_tensors(directory / layout.MODEL_WEIGHTS, state)
+        write_json(directory / layout.MODEL_CONFIG, self.cfg.to_dict())
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None,
                         dtype: torch.dtype | None = None, *, check_finite: bool = True) -> Transformer:
         """Read a folder written by ``save_pretrained``, ``convert`` or ``fusion export`` (weights in one file or in
-        HF's sharded layout with ``model.safetensors.index.json``); returned in eval mode. ``check_finite``
-        refuses weights holding NaN / inf, naming the tensors (one fast read of each)."""
+        HF's sharded layout), or a training step folder that holds only its ``dcp/`` state; returned in eval mode.
+        ``check_finite`` refuses weights holding NaN / inf, naming the tensors (one fast read of each)."""
         directory = Path(directory)
-        cfg = ModelConfig.from_dict(read_json(directory / names.MODEL_CONFIG))
-        state = load_weight_files(directory, device=device or "cpu")
+        cfg = ModelConfig.from_dict(read_json(directory / layout.MODEL_CONFIG))
+        state = load_weights(directory, device=device or "cpu")
         if check_finite:
-            single = directory / names.MODEL_WEIGHTS
-            refuse_nonfinite(state, str(single if single.is_file() else directory / names.MODEL_INDEX))
+            refuse_nonfinite(state, str(weights_source(directory)))
         with torch.device("meta"):  # no allocation or init of weights that are about to be replaced
             model = cls(cfg)
         model.load_weights(state, dtype=dtype)
@@ -226,19 +226,3 @@ class Transformer(nn.Module):
         if self.cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-
-def load_weight_files(directory: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """``model.safetensors``, or every file the sharded layout's index names (the index wins when both exist)."""
-    index = directory / names.MODEL_INDEX
-    if not index.is_file():
-        return load_tensors(names.first_present(directory, names.MODEL_WEIGHTS, names.MODEL_INDEX,
-                                                what="decoder weights"), device=device)
-    weight_map = read_json(index)["weight_map"]
-    state = {}
-    for file in sorted(set(weight_map.values())):
-        part = load_tensors(directory / file, device=device)
-        stray = sorted(k for k in part if weight_map.get(k) != file)
-        if stray:
-            raise ValueError(f"{directory / file} holds tensors its index {index} does not place there: {stray[:3]}")
-        state.update(part)
-    return state

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from fusion.document import IMAGE_KIND, TEXT_KIND
 from fusion.images import to_data_uri
 from fusion.serve import openai_compat
 from fusion.serve.jobs import Event, Job
@@ -87,9 +88,9 @@ def done_fields(event: Event, job: Job) -> dict:
 async def native_stream(events, job: Job):
     """``/v1/generate``'s events: text {row, text}, image {row, image: PNG data URI}, then done or error."""
     async for event in events:
-        if event.kind == "text":
+        if event.kind == TEXT_KIND:
             yield sse({"row": event.row, "text": event.text}, "text")
-        elif event.kind == "image":
+        elif event.kind == IMAGE_KIND:
             yield sse({"row": event.row, "image": to_data_uri(event.image)}, "image")
         elif event.kind == "done":
             yield sse(done_fields(event, job), "done")

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from fusion.document import IMAGE_KIND, TEXT_KIND
 from fusion.serve.jobs import Event, Ticket
 
 # Seconds: a tiny CPU model's first piece comes in milliseconds, a 7B model's image in tens of seconds.
@@ -70,10 +71,10 @@ class Metrics:
         start, outcome, ended, firsts = time.perf_counter(), "cancelled", False, set()
         try:
             async for event in ticket:
-                if event.kind in ("text", "image") and "piece" not in firsts:
+                if event.kind in (TEXT_KIND, IMAGE_KIND) and "piece" not in firsts:
                     firsts.add("piece")
                     self.first_token.observe(time.perf_counter() - start)
-                if event.kind == "image" and "image" not in firsts:
+                if event.kind == IMAGE_KIND and "image" not in firsts:
                     firsts.add("image")
                     self.first_image.observe(time.perf_counter() - start)
                 if event.kind == "done":

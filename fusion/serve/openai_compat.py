@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from fusion.document import Document, Image, Text
+from fusion.document import IMAGE_KIND, TEXT_KIND, Document, Image, Text
 from fusion.images import to_data_uri
 from fusion.inference.config import GenerationConfig
 from fusion.serve.jobs import Event, Job
@@ -141,7 +141,7 @@ def append(doc: Document, segment: Text | Image) -> None:
 
 def piece(event: Event) -> str:
     """A text piece as it is; an image as a Markdown image with a PNG data URI."""
-    return event.text if event.kind == "text" else f"![image]({to_data_uri(event.image)})"
+    return event.text if event.kind == TEXT_KIND else f"![image]({to_data_uri(event.image)})"
 
 
 def markdown(doc: Document) -> str:
@@ -166,7 +166,7 @@ async def chunks(events, head: dict, n: int, usage_chunk: bool):
     for i in range(n):
         yield chunk(i, {"role": "assistant", "content": ""})
     async for event in events:
-        if event.kind in ("text", "image"):
+        if event.kind in (TEXT_KIND, IMAGE_KIND):
             yield chunk(event.row, {"content": piece(event)})
         elif event.kind == "done":
             for i, reason in enumerate(event.finish_reasons or []):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, fields
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from fusion.document import Document, Image, Text
+from fusion.document import IMAGE_KIND, TEXT_KIND, Document, Image, Text
 from fusion.images import ImageError, load_image
 from fusion.inference.config import HF_HINTS, GenerationConfig
 from fusion.serve.jobs import Job
@@ -144,20 +144,20 @@ def check_seed(value) -> int | None:
 def parse_prompt(value, max_pixels: int) -> Document:
     """``[{"text": str} | {"image": data URI}, ...]`` (or one string) -> Document, images decoded."""
     if isinstance(value, str):
-        value = [{"text": value}]
+        value = [{TEXT_KIND: value}]
     if not isinstance(value, list) or not value:
         raise invalid("prompt", 'prompt must be a non-empty list of segments {"text": ...} / {"image": "data:..."} '
                                 "(or a string)", "wrong_type" if value is not None else "missing_field")
     segments = []
     for i, segment in enumerate(value):
         where = f"prompt[{i}]"
-        if not isinstance(segment, dict) or len(segment) != 1 or not set(segment) <= {"text", "image"}:
+        if not isinstance(segment, dict) or len(segment) != 1 or not set(segment) <= {TEXT_KIND, IMAGE_KIND}:
             raise invalid(where, f'{where} must be {{"text": str}} or {{"image": "data:image/...;base64,..."}}, '
                                  f"got {json.dumps(segment)[:60]}", "wrong_type")
         ((kind, v),) = segment.items()
         if not isinstance(v, str):
             raise invalid(where, f"{where}.{kind} must be a string, got {json.dumps(v)[:60]}", "wrong_type")
-        segments.append(Text(check_text(v, where)) if kind == "text" else Image(decode_image(v, where, max_pixels)))
+        segments.append(Text(check_text(v, where)) if kind == TEXT_KIND else Image(decode_image(v, where, max_pixels)))
     return Document(segments)
 
 

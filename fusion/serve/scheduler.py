@@ -31,6 +31,7 @@ from fusion.inference.noise import expand_rows
 from fusion.inference.prompts import PromptBatch, prepare_prompts
 from fusion.inference.slots import Group, Slots
 from fusion.serve.jobs import Event, Job, Queue, Stats, StepGate, Ticket, Usage
+from fusion.tokenizers.grammar import IMAGE_KIND, TEXT_KIND, images_closed
 from fusion.tokenizers.mixed import ImageCodes, StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -226,7 +227,7 @@ class Scheduler:
         for b, d in enumerate(job.decoders):
             for piece in d.flush():
                 self._out.submit(self._deliver, job.ticket, b, piece)
-        usage = Usage(job.prompt_tokens, sum(map(len, ids)), sum(r.count(v.eoi_id) for r in ids), job.passes)
+        usage = Usage(job.prompt_tokens, sum(map(len, ids)), sum(images_closed(r, v) for r in ids), job.passes)
         return Event("done", finish_reasons=reasons, usage=usage, ids=ids if job.ticket.job.return_ids else None)
 
     def _end(self, job: Running, event: Event, outcome: str) -> None:
@@ -246,7 +247,7 @@ class Scheduler:
     def _deliver(self, ticket: Ticket, row: int, piece: str | ImageCodes) -> None:
         """On the worker: a text piece as it is, an image's codes decoded to a PIL image (VQ)."""
         if isinstance(piece, str):
-            ticket.put(Event("text", row, text=piece))
+            ticket.put(Event(TEXT_KIND, row, text=piece))
             return
         try:
             with torch.no_grad():
@@ -255,4 +256,4 @@ class Scheduler:
             log.exception("decoding an image failed")
             ticket.put(Event("error", message=f"decoding an image failed: {e}"))
             return
-        ticket.put(Event("image", row, image=image))
+        ticket.put(Event(IMAGE_KIND, row, image=image))

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from fusion.document import Document, Image, Text
+from fusion.document import IMAGE_KIND, Document, Image, Text
 from fusion.serve.jobs import Event, Job, QueueFull, Ticket
 from fusion.serve.requests import ApiError
 
@@ -69,7 +69,7 @@ class Rows:
 
     def add(self, event: Event) -> None:
         segments = self.documents[event.row].segments
-        if event.kind == "image":
+        if event.kind == IMAGE_KIND:
             segments.append(Image(event.image))
         elif segments and isinstance(segments[-1], Text):
             segments[-1] = Text(segments[-1].text + event.text)

@@ -1,7 +1,8 @@
 """The VQ image tokenizer: a VQGAN conv encoder/decoder (``vqgan.py``) around a vector-quantize-pytorch codebook.
 
-PIL images of any mode and size <-> code grids of ``tokens_per_image`` codes in raster order. Weights keep
-taming's names (``taming.py`` maps the codebook), so Meta's, HF Chameleon's and taming checkpoints load.
+PIL images of any mode and size <-> code grids of ``tokens_per_image`` codes in raster order. The conv nets keep
+taming's names, so ``fusion.interop.taming`` loads Meta's, HF Chameleon's and taming checkpoints by renaming the
+codebook alone.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -19,13 +21,11 @@ from PIL import Image as PILImage
 from torch import nn
 from vector_quantize_pytorch import VectorQuantize
 
-from fusion import checkpoint as names
-from fusion.files import load_tensors, read_json, save_tensors, write_json
+from fusion import checkpoint_layout as layout
+from fusion.files import first_present, load_tensors, read_json, save_tensors, write_json
 from fusion.images import to_rgb
 from fusion.numerics import refuse_nonfinite
-from fusion.tokenizers.lightning_ckpt import load_lightning_state
-from fusion.tokenizers.taming import HF_PREFIX, from_taming_state, to_taming_state
-from fusion.tokenizers.vq_config import VQConfig, check_plain_codebook
+from fusion.tokenizers.vq_config import VQConfig
 from fusion.tokenizers.vqgan import Decoder, Encoder
 
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
@@ -179,71 +179,46 @@ class ImageTokenizer(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the weights then the config into ``directory`` (each atomically)."""
         directory = Path(directory)
-        save_tensors(directory / names.VQ_WEIGHTS, self.state_dict())
-        write_json(directory / names.VQ_CONFIG, self.cfg.to_dict())
+        save_tensors(directory / layout.VQ_WEIGHTS, self.state_dict())
+        write_json(directory / layout.VQ_CONFIG, self.cfg.to_dict())
         return directory
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None, *,
                         check_finite: bool = True) -> ImageTokenizer:
-        """Read a folder written by ``save_pretrained``, or one ``fusion convert`` made from HF Chameleon.
+        """Read a folder written by ``save_pretrained`` (``fusion convert`` writes one too).
 
         ``check_finite`` refuses weights holding NaN / inf, naming the tensors.
         """
-        config = names.first_present(directory, names.VQ_CONFIG, names.HF_VQ_CONFIG, what="image tokenizer")
-        weights = config.with_name(names.VQ_WEIGHTS if config.name == names.VQ_CONFIG else names.HF_VQ_WEIGHTS)
+        config = first_present(directory, layout.VQ_CONFIG, layout.HF_VQ_CONFIG, what="image tokenizer")
+        weights = config.with_name(layout.VQ_WEIGHTS if config.name == layout.VQ_CONFIG else layout.HF_VQ_WEIGHTS)
         state = load_tensors(weights)
         if check_finite:
             refuse_nonfinite(state, str(weights))
-        if config.name == names.VQ_CONFIG:
+        if config.name == layout.VQ_CONFIG:
             model = cls(VQConfig.from_dict(read_json(config)))
             model.load_state_dict(state)
         else:
-            model = cls.from_hf_chameleon(state, read_json(config))
+            model = cls._from_old_convert(state, read_json(config), directory)
         return model.to(device or "cpu").eval()
 
     @classmethod
-    def from_hf_chameleon(cls, state_dict: dict[str, torch.Tensor], hf_vq_config: dict) -> ImageTokenizer:
-        """HF ``ChameleonVQVAE`` weights (its own state dict or ``model.vqmodel.*``) -> a tokenizer.
-
-        HF Chameleon ships the encoder only; HF-format Anole checkpoints add taming's ``decoder.*`` beside it, and
-        then the tokenizer decodes too.
-        """
-        state = {k.removeprefix(HF_PREFIX): v for k, v in state_dict.items()}
-        if any(k.startswith("model.") for k in state_dict) and not any(k.startswith(HF_PREFIX) for k in state_dict):
-            raise ValueError(f"state dict has no {HF_PREFIX}* tensors")
-        state = {k: v for k, v in state.items() if not k.startswith(("model.", "lm_head."))}
-        cfg = VQConfig.from_hf(hf_vq_config, decoder=any(k.startswith("decoder.") for k in state))
-        return cls._load_taming_named(cfg, state)
-
-    @classmethod
-    def from_taming(cls, ckpt: dict | str | os.PathLike, yaml_config: dict | str | os.PathLike) -> ImageTokenizer:
-        """Meta's / taming's ``vqgan.ckpt`` (a path, read safely by ``lightning_ckpt``; or its state dict, or the
-        ckpt dict holding it) and ``vqgan.yaml`` (a path or its parsed dict)."""
-        if not isinstance(ckpt, dict):
-            ckpt = load_lightning_state(ckpt)
-        state = ckpt.get("state_dict", ckpt)
-        state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # the GAN/LPIPS training losses
-        return cls._load_taming_named(VQConfig.from_taming(yaml_config), state)
-
-    @classmethod
-    def _load_taming_named(cls, cfg: VQConfig, state: dict[str, torch.Tensor]) -> ImageTokenizer:
-        model = cls(cfg)
-        ours = from_taming_state(state)
-        try:
-            missing, unexpected = model.load_state_dict(ours, strict=False)
-        except RuntimeError as e:  # shapes that disagree with the config
-            raise ValueError(f"checkpoint does not match its config: {e}") from None
-        missing = [k for k in missing if not k.startswith("quantize._codebook.")]
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not match its config: missing {missing}, unexpected {unexpected}")
-        return model.eval()
-
-    def taming_state_dict(self) -> dict[str, torch.Tensor]:
-        """This model's weights under taming / Meta ``vqgan.ckpt`` names."""
-        check_plain_codebook(self.cfg)
-        return to_taming_state(self.state_dict())
-
+    def _from_old_convert(cls, state: dict[str, torch.Tensor], hf_config: dict,
+                          directory: str | os.PathLike) -> ImageTokenizer:
+        """Deprecated, for one release: HF Chameleon's VQ as ``fusion convert`` once copied it (``hf_vq_config.json``
+        + ``hf_vqmodel.safetensors``, a [K, D] codebook); it now writes fusion's own ``vq.json``."""
+        warnings.warn(f"{directory}: the image tokenizer is HF Chameleon's VQ as an older `fusion convert` copied it "
+                      f"({layout.HF_VQ_CONFIG}); fusion reads it for one more release. Re-save it as fusion's own: "
+                      "ImageTokenizer.from_pretrained(folder).save_pretrained(folder)", DeprecationWarning,
+                      stacklevel=3)
+        state = dict(state)
+        embed = state.pop("quantize.embedding.weight").float()[None]  # vector-quantize-pytorch's [1, K, D] + EMA
+        state.update({"quantize._codebook.embed": embed, "quantize._codebook.embed_avg": embed.clone(),
+                      "quantize._codebook.cluster_size": torch.ones(embed.shape[:2]),
+                      "quantize._codebook.initted": torch.tensor(True)})
+        model = cls(VQConfig.from_hf(hf_config))
+        model.load_state_dict(state)
+        return model
 
 
 def kept_fraction(size: tuple[int, int], resize: str) -> float:

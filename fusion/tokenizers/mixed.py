@@ -16,9 +16,10 @@ from typing import Protocol
 import torch
 from PIL import Image as PILImage
 
-from fusion import checkpoint as names
+from fusion import checkpoint_layout as layout
 from fusion.document import Document, Image, Text
-from fusion.tokenizers.grammar import BOI, CODE, EOI, TEXT, ImageSpans, split
+from fusion.files import first_present
+from fusion.tokenizers.grammar import BOI, CODE, EOI, IMAGE_KIND, TEXT, TEXT_KIND, ImageSpans, split
 from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.text import HFTextTokenizer, TextTokenizer
 from fusion.vocab import Vocab
@@ -106,9 +107,9 @@ class MixedTokenizer:
 
     def decode_batch(self, batch: Sequence[torch.Tensor | Sequence[int]], *, strict: bool = True) -> list[Document]:
         plans = [self._plan(torch.as_tensor(ids, dtype=torch.long).cpu(), strict) for ids in batch]
-        spans = [codes for plan in plans for kind, codes in plan if kind == "image"]
+        spans = [codes for plan in plans for kind, codes in plan if kind == IMAGE_KIND]
         pics = iter(self.image.decode_images(torch.stack(spans)) if spans else [])
-        return [Document([Text(self.decode_text(x)) if kind == TEXT else Image(next(pics)) for kind, x in plan])
+        return [Document([Text(self.decode_text(x)) if kind == TEXT_KIND else Image(next(pics)) for kind, x in plan])
                 for plan in plans]
 
     def decode_text(self, ids: torch.Tensor | Sequence[int]) -> str:
@@ -116,7 +117,7 @@ class MixedTokenizer:
         return self.text.decode(self.vocab.text_pieces(torch.as_tensor(ids, dtype=torch.long)).tolist())
 
     def _plan(self, ids: torch.Tensor, strict: bool) -> list[tuple[str, torch.Tensor]]:
-        """(TEXT, text ids) and ("image", codes) parts; text runs split only by control ids are joined."""
+        """(TEXT_KIND, text ids) and (IMAGE_KIND, codes) parts; text runs split only by control ids are joined."""
         if ids.dim() != 1:
             raise ValueError(f"decode takes a 1-D id sequence, got shape {tuple(ids.shape)}")
         plan: list[tuple[str, torch.Tensor]] = []
@@ -124,13 +125,13 @@ class MixedTokenizer:
             part = ids[run.start:run.end]
             if not run.closed:
                 if strict:
-                    raise ValueError(f"image span at position {run.start - 1} is cut off: "
+                    raise ValueError(f"image span at position {run.boi} is cut off: "
                                      f"{self.tokens_per_image} codes and eoi expected")
                 break
-            if run.kind == TEXT and plan and plan[-1][0] == TEXT:
-                plan[-1] = (TEXT, torch.cat([plan[-1][1], part]))
+            if run.kind == TEXT_KIND and plan and plan[-1][0] == TEXT_KIND:
+                plan[-1] = (TEXT_KIND, torch.cat([plan[-1][1], part]))
             else:
-                plan.append((run.kind, part if run.kind == TEXT else self.vocab.image_codes(part)))
+                plan.append((run.kind, part if run.kind == TEXT_KIND else self.vocab.image_codes(part)))
         return plan
 
     # ---------------------------------------------------------------- files
@@ -146,8 +147,8 @@ class MixedTokenizer:
     def from_pretrained(cls, directory: str | os.PathLike, vocab: Vocab | None = None,
                         device: str | torch.device | None = None, *, check_finite: bool = True) -> MixedTokenizer:
         """``text.model`` (or HF's ``tokenizer.json``) and the image tokenizer of a checkpoint folder."""
-        text_file = names.first_present(directory, names.TEXT_MODEL, names.HF_TEXT_TOKENIZER, what="text tokenizer")
-        text = (TextTokenizer.from_pretrained(text_file) if text_file.name == names.TEXT_MODEL
+        text_file = first_present(directory, layout.TEXT_MODEL, layout.HF_TEXT_TOKENIZER, what="text tokenizer")
+        text = (TextTokenizer.from_pretrained(text_file) if text_file.name == layout.TEXT_MODEL
                 else HFTextTokenizer(text_file))
         return cls(text, ImageTokenizer.from_pretrained(directory, device=device, check_finite=check_finite), vocab)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from fusion import checkpoint as names
+from fusion import checkpoint_layout as layout
 from fusion.files import atomic_path
 
 
@@ -74,7 +74,7 @@ class TextTokenizer:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``text.model`` into ``directory`` atomically; returns its path."""
-        path = Path(directory) / names.TEXT_MODEL
+        path = Path(directory) / layout.TEXT_MODEL
         with atomic_path(path) as tmp:
             tmp.write_bytes(self._proto)
         return path
@@ -83,7 +83,7 @@ class TextTokenizer:
     def from_pretrained(cls, path: str | os.PathLike) -> TextTokenizer:
         """A checkpoint folder holding ``text.model``, or a ``.model`` file itself."""
         path = Path(path)
-        return cls((path / names.TEXT_MODEL if path.is_dir() else path).read_bytes())
+        return cls((path / layout.TEXT_MODEL if path.is_dir() else path).read_bytes())
 
 
 def _non_empty(texts: Iterable[str]) -> Iterator[str]:
@@ -105,11 +105,11 @@ class HFTextTokenizer:
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> HFTextTokenizer:
-        return cls(Path(directory) / names.HF_TEXT_TOKENIZER)
+        return cls(Path(directory) / layout.HF_TEXT_TOKENIZER)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Copy ``tokenizer.json`` into ``directory`` atomically; returns its path."""
-        path = Path(directory) / names.HF_TEXT_TOKENIZER
+        path = Path(directory) / layout.HF_TEXT_TOKENIZER
         if path.resolve() != self.path.resolve():
             with atomic_path(path) as tmp:
                 tmp.write_bytes(self.path.read_bytes())

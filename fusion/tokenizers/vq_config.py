@@ -136,8 +136,9 @@ class VQConfig:
 
 
 VQ_PRESETS: dict[str, dict] = {
-    # 32x32 -> 8x8 = 64 codes; small enough to train in a minute or two on a 2-core CPU.
-    # A Euclidean lookup in 32 dims beat LlamaGen's 8-dim cosine lookup here (30 vs 21 dB PSNR after 600 steps).
+    # 32x32 -> 8x8 = 64 codes; small enough to train on a CPU within the demo. A Euclidean lookup in 32 dims, not
+    # LlamaGen's 8-dim cosine lookup: it reconstructs these small scenes better (figures: benchmarks/RESULTS.md,
+    # "Figures moved out of code comments").
     "tiny": dict(resolution=32, base_channels=16, channel_multiplier=(1, 2, 2), num_res_blocks=1,
                  mid_attention=False, latent_channels=32, embed_dim=32, num_embeddings=256, norm_groups=8,
                  ema_decay=0.9, kmeans_init=True, threshold_ema_dead_code=1.0),

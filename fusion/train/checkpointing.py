@@ -7,11 +7,8 @@ once, as ``embed.weight``, and comes back tied.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import shutil
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -21,6 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 
+from fusion.model.weights import quiet_when_local
 from fusion.numerics import nonfinite_tensors
 
 
@@ -40,26 +38,17 @@ def _tied(model: torch.nn.Module) -> bool:
     return bool(getattr(getattr(model, "cfg", None), "tie_embeddings", False))
 
 
-@contextlib.contextmanager
-def _quiet_when_local(local: bool) -> Iterator[None]:
-    """DCP warns on every single-process call that it assumes a single process: that is the intent here."""
-    with warnings.catch_warnings():
-        if local:
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        yield
-
-
 def save_state(state: dict, folder: Path) -> None:
     """Write ``state`` as a DCP folder (a collective: every rank calls it and writes its part)."""
     local = not (dist.is_available() and dist.is_initialized())
-    with _quiet_when_local(local):
+    with quiet_when_local(local):
         dcp.save(state, checkpoint_id=folder, no_dist=local)
 
 
 def read_state(state: dict, folder: Path, *, local: bool = False) -> None:
     """Fill ``state``'s tensors from a DCP folder: a collective, or this process alone with ``local``."""
     local = local or not (dist.is_available() and dist.is_initialized())
-    with _quiet_when_local(local):
+    with quiet_when_local(local):
         dcp.load(state, checkpoint_id=folder, no_dist=local)
 
 

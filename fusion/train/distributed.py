@@ -13,6 +13,7 @@ import datetime
 import gc
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -94,12 +95,11 @@ class LossModule(nn.Module):
 def parallelize(model: nn.Module, info: DistInfo, *, mode: str = "fsdp", activation_checkpointing: bool = False,
                 compile: bool = False) -> LossModule:
     """Wrap ``model`` for training; returns a LossModule whose ``forward(ids, targets, doc_ids)`` is the loss.
+    ``mode`` is ``TrainConfig.parallel`` (checked there): ``"ddp"``, else FSDP2.
 
     Order matters: checkpoint and compile each block first, then shard (FSDP2's hooks go outermost). Mixed
     precision comes from autocast in the loop, so parameters and gradient reductions stay fp32.
     """
-    if mode not in ("fsdp", "ddp"):
-        raise ValueError(f"mode must be 'fsdp' or 'ddp', got {mode!r}")
     blocks = transformer_blocks(model)
     if activation_checkpointing:
         from torch.distributed._composable import checkpoint  # keeps parameter names unchanged
@@ -148,8 +148,33 @@ def gather_objects(obj) -> list:
 
 
 def barrier() -> None:
+    """Every rank waits for all. On gloo a monitored barrier: its timeout names a rank that did not arrive."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == "gloo":
+            dist.monitored_barrier()  # the process group's timeout
+        else:
+            dist.barrier()
+
+
+# How torch.distributed words a collective that gave up waiting: gloo's recv, its monitored barrier, NCCL's
+# watchdog. Its errors are plain RuntimeErrors, told apart only by their text.
+_TIMEOUT_WORDS = ("timed out", "timeout", "monitoredbarrier")
+_LATE_RANK = re.compile(r"Rank (\d+) failed to pass monitoredBarrier")
+
+
+def timed_out(error: BaseException) -> bool:
+    """Whether ``error``, or an error it came from, is a collective that waited past the process group's timeout."""
+    while error is not None:
+        if isinstance(error, RuntimeError) and any(w in str(error).lower() for w in _TIMEOUT_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def late_rank(error: BaseException) -> int | None:
+    """The rank a monitored barrier reports as not arrived, when it does."""
+    found = _LATE_RANK.search(str(error))
+    return int(found.group(1)) if found else None
 
 
 def together(fn: Callable[[], T], *, main_only: bool = False) -> T | None:

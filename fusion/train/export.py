@@ -11,39 +11,22 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 
-import torch
-from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from fusion.checkpoint import (
-    MODEL_CONFIG,
-    MODEL_INDEX,
-    MODEL_WEIGHTS,
-    TRAINING_STATE,
-    model_shard_name,
-    resolve_checkpoint,
-)
+from fusion.checkpoint_layout import MODEL_CONFIG, MODEL_INDEX, TRAINING_STATE, model_shard_name
 from fusion.files import read_json, save_tensors, write_json
-from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
-from fusion.numerics import refuse_nonfinite
+from fusion.model.weights import model_tensors, read_model_tensors
+from fusion.run_checkpoints import resolve_checkpoint
 from fusion.tokenizers.mixed import MixedTokenizer
-from fusion.train.checkpointing import read_state
 from fusion.train.distributed import DistInfo, current_dist, together
 
 log = logging.getLogger(__name__)
 
 MAX_SHARD_BYTES = 5 * 2**30  # HF's customary shard size
-PREFIX = "model."  # the model's tensors inside a training checkpoint (beside "optim.")
-
-
-def model_tensors(state_dir: Path) -> dict[str, TensorStorageMetadata]:
-    """Name -> shape / dtype of every model tensor in a DCP folder, in saved order."""
-    meta = FileSystemReader(state_dir).read_metadata().state_dict_metadata
-    return {k.removeprefix(PREFIX): v for k, v in meta.items()
-            if k.startswith(PREFIX) and isinstance(v, TensorStorageMetadata)}
 
 
 def shard_plan(tensors: dict[str, TensorStorageMetadata], max_bytes: int) -> list[list[str]]:
@@ -57,14 +40,6 @@ def shard_plan(tensors: dict[str, TensorStorageMetadata], max_bytes: int) -> lis
         files[-1].append(name)
         size += nbytes
     return files
-
-
-def read_model_tensors(state_dir: Path, names: list[str], tensors: dict[str, TensorStorageMetadata],
-                       device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """The full values of ``names``, read from a DCP folder by this process alone."""
-    out = {PREFIX + n: torch.empty(tensors[n].size, dtype=tensors[n].properties.dtype, device=device) for n in names}
-    read_state(out, state_dir, local=True)
-    return {k.removeprefix(PREFIX): v for k, v in out.items()}
 
 
 def export_weights(state_dir: Path, out_dir: Path, *, info: DistInfo | None = None,
@@ -104,19 +79,8 @@ def export(path: str | os.PathLike, out_dir: str | os.PathLike, *,
     return out_dir
 
 
-def load_decoder(folder: str | os.PathLike, *, device: str | torch.device | None = None,
-                 dtype: torch.dtype | None = None, check_finite: bool = True) -> Transformer:
-    """The decoder of a checkpoint folder, or of a step folder that holds only the training checkpoint."""
-    folder = Path(folder)
-    state_dir = folder / TRAINING_STATE
-    if (folder / MODEL_WEIGHTS).is_file() or (folder / MODEL_INDEX).is_file() or not state_dir.is_dir():
-        return Transformer.from_pretrained(folder, device=device, dtype=dtype, check_finite=check_finite)
-    cfg = ModelConfig.from_dict(read_json(folder / MODEL_CONFIG))
-    tensors = model_tensors(state_dir)
-    state = read_model_tensors(state_dir, list(tensors), tensors, device=device or "cpu")
-    if check_finite:
-        refuse_nonfinite(state, str(state_dir))
-    with torch.device("meta"):
-        model = Transformer(cfg)
-    model.load_weights(state, dtype=dtype)
-    return model.eval()
+def load_decoder(folder: str | os.PathLike, **kwargs) -> Transformer:
+    """Deprecated alias of ``Transformer.from_pretrained``, which now reads a step folder's training state too."""
+    warnings.warn("fusion.train.export.load_decoder is deprecated: use Transformer.from_pretrained",
+                  DeprecationWarning, stacklevel=2)
+    return Transformer.from_pretrained(folder, **kwargs)

@@ -5,7 +5,9 @@ checkpoint in ``out_dir`` and continues the loss curve: model and optimizer come
 function of the step, the data position is a global batch index, and every random draw is seeded from the
 step, the micro-batch and the global index of the rank's first sample, never from the rank. So a run resumes
 exactly on the same number of processes and continues the same curve on another (up to float summation order).
-The same code runs one process on a CPU or many under ``torchrun`` (FSDP2 or DDP, see ``distributed.py``).
+The same code runs one process on a CPU or many under ``torchrun`` (FSDP2 or DDP, see ``distributed.py``);
+``checkpointer.py`` decides which ranks do what when saving and resuming, ``step_totals.py`` names what a step
+adds up over the ranks.
 """
 
 from __future__ import annotations
@@ -19,21 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.api import CheckpointException
 from tqdm import tqdm
 
-from fusion.checkpoint import MODEL_CONFIG, TRAINER_STATE, TRAINING_STATE, step_folders, tmp_step_name
-from fusion.files import write_json
-from fusion.train import run_folder
-from fusion.train.checkpointing import (
-    disk_full_error,
-    is_disk_full,
-    load_state,
-    non_finite,
-    save_state,
-    state_bytes,
-    training_state,
-)
+from fusion.train.checkpointer import Checkpointer, TrainingDiverged
 from fusion.train.config import RESUMABLE_CHANGES, TrainConfig, lr_factor
 from fusion.train.distributed import (
     DistInfo,
@@ -44,18 +34,15 @@ from fusion.train.distributed import (
     parallelize,
     together,
 )
-from fusion.train.export import export_weights
 from fusion.train.metrics_log import MetricsLog
 from fusion.train.mfu import mfu, peak_flops
 from fusion.train.packing import PackedDataset
 from fusion.train.precision import recorded_dtype, resolve_dtype
+from fusion.train.run_folder import config_diff
+from fusion.train.step_totals import StepTotals, eval_metrics, train_metrics
 from fusion.vocab import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(RuntimeError):
-    """Too many consecutive steps with a non-finite loss or gradient."""
 
 
 def micro_seed(seed: int, step: int, micro: int, first_sample: int) -> int:
@@ -95,6 +82,8 @@ class Trainer:
         self.step, self.bad_steps = 0, 0
         self.history: list[dict] = []
         self.log = MetricsLog(self.out_dir, enabled=self.info.is_main)
+        self.checkpointer = Checkpointer(self.out_dir, self.info, keep_last=cfg.keep_last,
+                                         timeout_s=cfg.dist_timeout_s)
         self.peak = peak_flops(self.device)
         self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
 
@@ -121,8 +110,7 @@ class Trainer:
                 compile_blocks(self.model, on=False)
 
     def _train_to_end(self) -> list[dict]:
-        run_folder.clean_leftovers(self.out_dir, self.info)
-        folder = run_folder.newest_complete(self.out_dir, self.info)
+        folder = self.checkpointer.latest()
         if folder is not None:
             self.resume(folder)
         self.log.truncate(self.step)
@@ -157,17 +145,17 @@ class Trainer:
         # token mean over all ranks and micro-batches (what one big batch gives), whatever the padding.
         counts = torch.stack([(b["targets"] != IGNORE_INDEX).sum() for b in micro]).double()
         total = all_reduce_(counts.sum().clone()).clamp(min=1)
-        sums = torch.zeros(7, dtype=torch.float64, device=self.device)
+        totals = StepTotals(self.device)
         for b, n, seed in zip(micro, counts, seeds, strict=True):
             torch.manual_seed(seed)
             with self.autocast:
                 out = self.wrapped(b["ids"], b["targets"], b["doc_ids"])
             (out.loss * (n * self.info.world_size / total).float()).backward()
-            sums += self._sums(out, n / total)
-        all_reduce_(sums)
+            totals.add(out, n / total, n)
+        losses = train_metrics(totals.reduced())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), cfg.clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        loss = float(sums[0])
+        loss = losses["loss"]
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         lr = cfg.lr * lr_factor(cfg, self.step)
         for group in self.optimizer.param_groups:
@@ -184,13 +172,11 @@ class Trainer:
         if self.bad_steps >= cfg.max_bad_steps:
             raise TrainingDiverged(f"{self.bad_steps} consecutive steps had a non-finite loss or gradient "
                                    f"(last at step {self.step}); stopping. The last good checkpoint is "
-                                   f"{self._previous()}")
+                                   f"{self.checkpointer.previous()}")
         dt = time.perf_counter() - t0
         tokens = cfg.grad_accum * cfg.batch_size * cfg.seq_len  # batch_size is global
-        n_text, n_image = float(sums[5]), float(sums[6])
-        m = {"step": self.step, "loss": loss, "ce": float(sums[1]), "z_loss": float(sums[2]),
-             "ce_text": float(sums[3]) / max(n_text, 1), "ce_image": float(sums[4]) / max(n_image, 1),
-             "lr": lr, "grad_norm": grad_norm, "skipped": not finite, "tokens_per_s": tokens / dt}
+        m = {"step": self.step, **losses, "lr": lr, "grad_norm": grad_norm, "skipped": not finite,
+             "tokens_per_s": tokens / dt}
         util = mfu(tokens / dt / self.info.world_size, self.flops_per_token, self.peak)  # per rank
         if util is not None:
             m["mfu"] = util
@@ -202,7 +188,7 @@ class Trainer:
         if self.eval_data is None:
             return {}
         self.wrapped.eval()
-        sums = torch.zeros(8, dtype=torch.float64, device=self.device)  # _sums weighted by count, then count
+        totals = StepTotals(self.device)  # each batch weighted by its target count
         for i, b in enumerate(self.eval_data.epoch_batches(0)):
             if i == self.cfg.eval_batches:
                 break
@@ -210,79 +196,43 @@ class Trainer:
             with self.autocast:
                 out = self.wrapped(b["ids"], b["targets"], b["doc_ids"])
             n = (b["targets"] != IGNORE_INDEX).sum().double()
-            sums += torch.cat([self._sums(out, n), n[None]])
-        all_reduce_(sums)
-        n, n_text, n_image = float(sums[7]), float(sums[5]), float(sums[6])
-        return {"eval_ce": float(sums[1]) / max(n, 1), "eval_ce_text": float(sums[3]) / max(n_text, 1),
-                "eval_ce_image": float(sums[4]) / max(n_image, 1)}
-
-    @staticmethod
-    def _sums(out, w: torch.Tensor) -> torch.Tensor:
-        """[loss*w, ce*w, z*w, ce_text*n_text, ce_image*n_image, n_text, n_image] in fp64 for reduction."""
-        return torch.stack([out.loss.detach().double() * w, out.ce.detach().double() * w,
-                            out.z_loss.detach().double() * w, out.ce_text.detach().double() * out.n_text,
-                            out.ce_image.detach().double() * out.n_image, out.n_text.double(),
-                            out.n_image.double()])
+            totals.add(out, n, n)
+        return eval_metrics(totals.reduced())
 
     # ------------------------------------------------------------ checkpoints
 
-    def _previous(self) -> Path | None:
-        return next(iter(step_folders(self.out_dir)), None)
-
     def save(self) -> Path:
-        """Write ``out_dir/step_NNNNNNN/`` (a collective: each rank writes its own shards; the last step of the run
-        adds the HF-layout export). A full disk raises ``CheckpointDiskFull``, the older checkpoints intact."""
-        state = training_state(self.model, self.optimizer)
-        bad = sorted({k for part in gather_objects(non_finite(state["model"])) for k in part})
-        if bad:  # every rank sees the same list, so every rank stops alike
-            raise TrainingDiverged(f"refusing to save a model with non-finite weights ({bad[:3]}); the last good "
-                                   f"checkpoint is {self._previous()}")
-        final, previous = self.step == self.cfg.steps, self._previous()
-        tmp = self.out_dir / tmp_step_name(self.step)
-        try:
-            run_folder.begin(self.out_dir, self.step, self.info)
-            save_state(state, tmp / TRAINING_STATE)
-            together(lambda: self._write_run_files(tmp), main_only=True)
-            if final:
-                export_weights(tmp / TRAINING_STATE, tmp, info=self.info)
-            folder = run_folder.seal(self.out_dir, tmp, self.step, self.info, self.cfg.keep_last)
-        except (OSError, CheckpointException) as e:
-            if is_disk_full(e):
-                model_bytes = state_bytes(state["model"]) if final else 0
-                raise disk_full_error(tmp, state_bytes(state) + model_bytes, previous) from None
-            raise
-        finally:
-            run_folder.discard(tmp, self.info)
+        """Write ``out_dir/step_NNNNNNN/`` (a collective; the last step of the run adds the HF-layout export).
+        A full disk raises ``CheckpointDiskFull``, the older checkpoints intact."""
+        folder = self.checkpointer.save(self.step, self.model, self.optimizer, self.tokenizer, self.trainer_state(),
+                                        export=self.step == self.cfg.steps)
         if self.info.is_main:
             self.log.plot()
         return folder
 
-    def _write_run_files(self, folder: Path) -> None:
-        """What rank 0 adds beside the shards: the model config, the tokenizers and the trainer state."""
-        write_json(folder / MODEL_CONFIG, self.model.cfg.to_dict())
-        self.tokenizer.save_pretrained(folder)
-        write_json(folder / TRAINER_STATE, {
-            "step": self.step, "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
-            "world_size": self.info.world_size, "dtype": self.dtype, "data": self.train_data.state_dict(),
-            "metrics": self.history[-1] if self.history else {}})
+    def trainer_state(self) -> dict:
+        """trainer_state.json: where the run stands (the model config is the step folder's config.json)."""
+        return {"step": self.step, "config": self.cfg.to_dict(), "world_size": self.info.world_size,
+                "dtype": self.dtype, "data": self.train_data.state_dict(),
+                "metrics": self.history[-1] if self.history else {}}
 
     def resume(self, folder: str | os.PathLike) -> None:
         """Restore model, optimizer and data position from a step folder, on any number of ranks; refuses a changed
         config (naming the fields) but ``RESUMABLE_CHANGES``, and an explicit dtype other than the run's (kept)."""
         folder = Path(folder)
-        state = run_folder.load_trainer_state(folder)
+        state, model_config = self.checkpointer.saved_state(folder)
         recorded = recorded_dtype(state, self.device)
         ignore = RESUMABLE_CHANGES + (("dtype",) if recorded else ())
-        diff = run_folder.config_diff(state["config"], self.cfg.to_dict(), ignore=ignore)
+        diff = config_diff(state["config"], self.cfg.to_dict(), ignore=ignore)
         if recorded and self.cfg.dtype not in ("auto", recorded):
             diff.append(f"dtype: the run trained in {recorded}, the config asks for {self.cfg.dtype}")
-        diff += ["model." + d for d in run_folder.config_diff(state["model_config"], self.model.cfg.to_dict())]
+        diff += ["model." + d for d in config_diff(model_config, self.model.cfg.to_dict())]
         if state["step"] > self.cfg.steps:
             diff.append(f"steps: {self.cfg.steps} is before the checkpoint's step {state['step']}")
         if diff:
             raise ValueError(f"cannot resume from {folder}: the configuration changed: " + "; ".join(diff))
         self.train_data.load_state_dict(state["data"])
-        load_state(self.model, self.optimizer, folder / TRAINING_STATE)
+        self.checkpointer.restore(folder, self.model, self.optimizer)
         self.step, self.bad_steps = int(state["step"]), 0
         if recorded and recorded != self.dtype:  # "auto" resolved otherwise here: the numerics stay the run's
             log.info("keeping the run's %s (auto would pick %s here)", recorded, self.dtype)

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from fusion.checkpoint import LOSS_PLOT, METRICS
+from fusion.checkpoint_layout import LOSS_PLOT, METRICS
 from fusion.files import atomic_path
 
 log = logging.getLogger(__name__)

@@ -266,7 +266,7 @@ def test_a_stop_string_cuts_the_document_and_its_ids_and_ends_the_row(tokenizer)
 
 def test_hf_chameleon_greedy_parity(tmp_path):
     pytest.importorskip("transformers")
-    from fusion.model.hf_chameleon import convert_hf_chameleon
+    from fusion.interop.hf_chameleon import convert_hf_chameleon
     from fusion.model.transformer import Transformer
 
     from ..model.chameleon import IMAGE_START, N_IMAGE, hf_model

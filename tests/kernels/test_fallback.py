@@ -15,7 +15,7 @@ from triton.compiler import ASTSource
 from triton.compiler.errors import CompilationError
 from triton.runtime.jit import JITFunction
 
-from fusion.kernels import attention, dispatch, fallback
+from fusion.kernels import attention, dispatch, fallback, registry
 
 SCALE = 2.0  # a plain global: real compilers refuse it inside a kernel
 
@@ -91,15 +91,14 @@ def test_a_backward_that_cannot_build_recomputes_its_gradient_on_the_fallback(op
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 16, 16, requires_grad=True) for _ in range(3))
     cos, sin = torch.randn(16, 16), torch.randn(16, 16)
-    run = {"attention": lambda backend: dispatch._IMPLS["attention"][backend](q, k, v, causal=True, doc_ids=None,
-                                                                              scale=None),
-           "rope": lambda backend: sum(x.sum() * (i + 1) for i, x in
-                                       enumerate(dispatch._IMPLS["rope"][backend](q, k, cos, sin)))}[op]
+    impl = lambda backend: dispatch.implementation(op, backend)
+    run = {"attention": lambda backend: impl(backend)(q, k, v, causal=True, doc_ids=None, scale=None),
+           "rope": lambda backend: sum(x.sum() * (i + 1) for i, x in enumerate(impl(backend)(q, k, cos, sin)))}[op]
     with caplog.at_level(logging.WARNING, logger="fusion.kernels.dispatch"):
         got = torch.autograd.grad(run("triton").sum(), (q, k) if op == "rope" else (q, k, v))
         assert op in fallback.failed  # from now on the forward runs on the fallback too
         again = torch.autograd.grad(run("triton").sum(), (q, k) if op == "rope" else (q, k, v))
-    fallback_name = dispatch._default(op, torch.device("cpu"))
+    fallback_name = registry.portable(op).name
     want = torch.autograd.grad(run(fallback_name).sum(), (q, k) if op == "rope" else (q, k, v))
     for a, b, c in zip(got, again, want, strict=True):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-6)

@@ -8,13 +8,15 @@ from safetensors.torch import load_file, save_file
 
 from fusion.api import Fusion
 from fusion.document import Document
-from fusion.model.hf_chameleon import (
+from fusion.interop.hf_chameleon import (
     convert_hf_chameleon,
     hf_to_fusion_state,
     model_config_from_hf,
     vocab_from_hf_config,
 )
+from fusion.interop.taming import taming_state_dict
 from fusion.model.transformer import Transformer
+from fusion.tokenizers.image import ImageTokenizer
 
 from .chameleon import (
     BOI,
@@ -58,10 +60,11 @@ def test_conversion_keeps_chameleons_vocab_vq_and_tokenizer(tmp_path):
     # the image ids agree with HF's own mapping from VQ codes to BPE ids
     codes = torch.arange(N_IMAGE)
     assert torch.equal(vocab.image_ids(codes), hf.model.vocabulary_mapping.convert_img2bpe(codes).long())
-    vq = load_file(str(dst / "hf_vqmodel.safetensors"))
+    assert not (dst / "hf_vqmodel.safetensors").exists()  # the VQ as fusion's own files, every tensor kept
+    vq = taming_state_dict(ImageTokenizer.from_pretrained(dst))
     hf_vq = hf.model.vqmodel.state_dict()
     assert vq.keys() == hf_vq.keys() and all(torch.equal(vq[k], hf_vq[k]) for k in vq)
-    assert json.loads((dst / "hf_vq_config.json").read_text())["num_embeddings"] == N_IMAGE
+    assert json.loads((dst / "vq.json").read_text())["num_embeddings"] == N_IMAGE
     assert (dst / "tokenizer.json").read_text() == (src / "tokenizer.json").read_text()
 
 
@@ -153,7 +156,7 @@ def test_hf_format_anole_gets_its_decoder_and_generates_images(tmp_path):
     loaded = Fusion.from_pretrained(dst, device="cpu")
     vq = loaded.tokenizer.image
     assert vq.decoder is not None
-    ours = vq.taming_state_dict()
+    ours = taming_state_dict(vq)
     assert all(torch.equal(ours[k], v) for k, v in decoder.items())  # every decoder tensor, by its name
     pixels = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
     with torch.no_grad():  # the encoder is still HF's

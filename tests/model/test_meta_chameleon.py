@@ -10,7 +10,7 @@ import yaml
 
 from fusion.api import Fusion
 from fusion.convert import convert
-from fusion.model.meta_chameleon import ffn_dim
+from fusion.interop.meta_chameleon import ffn_dim
 from fusion.model.transformer import Transformer
 
 from .chameleon import (

@@ -2,9 +2,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from fusion.interop.hf_chameleon import released_vocab
 from fusion.kernels.doc_runs import run_positions
 from fusion.model.config import MODEL_PRESETS, ModelConfig
-from fusion.model.hf_chameleon import released_vocab
 from fusion.model.transformer import Transformer
 from fusion.vocab import Vocab
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image as PILImage
 
 from fusion.data.synthetic import SyntheticWorld, render
+from fusion.interop.taming import image_tokenizer_from_hf, image_tokenizer_from_taming, taming_state_dict
 from fusion.tokenizers.image import ImageTokenizer
 from fusion.tokenizers.vq_config import VQConfig
 
@@ -141,22 +142,22 @@ def test_hf_chameleon_encoder_parity():
                   attn_resolutions=[16], latent_channels=16, embed_dim=16, num_embeddings=64, in_channels=3)
     hf = ChameleonVQVAE(transformers.ChameleonVQVAEConfig(**hf_cfg)).eval()
     _randomize(hf, 1)
-    ours = ImageTokenizer.from_hf_chameleon({"model.vqmodel." + k: v for k, v in hf.state_dict().items()}, hf_cfg)
+    ours = image_tokenizer_from_hf({"model.vqmodel." + k: v for k, v in hf.state_dict().items()}, hf_cfg)
     assert ours.decoder is None and ours.tokens_per_image == 256  # one downsample: 16x16
     pixels = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     with torch.no_grad():
         expected = hf.encode(pixels).image_tokens.view(5, -1)
     assert len(expected.unique()) > 8  # a real test: many different codes
     assert torch.equal(ours.encode(pixels), expected)
-    bare = ImageTokenizer.from_hf_chameleon(hf.state_dict(), hf_cfg)  # the VQVAE's own state dict
+    bare = image_tokenizer_from_hf(hf.state_dict(), hf_cfg)  # the VQVAE's own state dict
     assert torch.equal(bare.encode(pixels), expected)
     with pytest.raises(RuntimeError, match="no decoder"):
         ours.decode(expected)
     with pytest.raises(ValueError, match="missing"):
-        ImageTokenizer.from_hf_chameleon({k: v for k, v in hf.state_dict().items() if "conv_in" not in k}, hf_cfg)
+        image_tokenizer_from_hf({k: v for k, v in hf.state_dict().items() if "conv_in" not in k}, hf_cfg)
 
 
-def test_from_pretrained_reads_a_converted_hf_folder(tmp_path):
+def test_from_pretrained_still_reads_hf_vq_an_older_convert_copied(tmp_path):
     transformers = pytest.importorskip("transformers")
     from transformers.models.chameleon.modeling_chameleon import ChameleonVQVAE
 
@@ -171,26 +172,28 @@ def test_from_pretrained_reads_a_converted_hf_folder(tmp_path):
     pixels = torch.rand(2, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         expected = hf.encode(pixels).image_tokens.view(2, -1)
-    assert torch.equal(ImageTokenizer.from_pretrained(tmp_path).encode(pixels), expected)
+    with pytest.warns(DeprecationWarning, match="older `fusion convert`"):
+        old = ImageTokenizer.from_pretrained(tmp_path)
+    assert torch.equal(old.encode(pixels), expected)
 
 
 def test_taming_naming_round_trip():
     torch.manual_seed(0)
     ours = ImageTokenizer(PLAIN)
     _randomize(ours, 4)
-    taming = ours.taming_state_dict()
+    taming = taming_state_dict(ours)
     assert "quantize.embedding.weight" in taming and taming["quantize.embedding.weight"].shape == (64, 16)
     assert "decoder.up.1.upsample.conv.weight" in taming and "encoder.down.0.downsample.conv.weight" in taming
     assert not any(k.startswith("quantize._codebook") for k in taming)
     ckpt = {"state_dict": {**taming, "loss.discriminator.main.0.weight": torch.zeros(1)}}
-    back = ImageTokenizer.from_taming(ckpt, PLAIN.to_taming())
+    back = image_tokenizer_from_taming(ckpt, PLAIN.to_taming())
     assert back.cfg == PLAIN
     pixels = torch.rand(3, 3, 32, 32) * 2 - 1
     codes = ours.encode(pixels)
     assert torch.equal(codes, back.encode(pixels))
     assert torch.equal(ours.decode(codes), back.decode(codes))
     with pytest.raises(ValueError, match="Euclidean"):
-        ImageTokenizer(VQConfig.preset("tiny", use_cosine_sim=True)).taming_state_dict()
+        taming_state_dict(ImageTokenizer(VQConfig.preset("tiny", use_cosine_sim=True)))
 
 
 def test_taming_yaml_file(tmp_path):
@@ -231,7 +234,7 @@ def taming_vqgan(seed: int) -> tuple[dict[str, torch.Tensor], dict, object, obje
 
 def test_vqgan_decoder_and_encoder_match_the_taming_package():
     ckpt, yaml_config, encoder, decoder = taming_vqgan(5)
-    ours = ImageTokenizer.from_taming(ckpt, yaml_config)
+    ours = image_tokenizer_from_taming(ckpt, yaml_config)
     assert ours.decoder is not None and ours.tokens_per_image == 256
     state = ckpt["state_dict"]
     codebook = state["quantize.embedding.weight"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.tokenizers.lightning_ckpt import load_lightning_state
+from fusion.interop.lightning_ckpt import load_lightning_state
 
 
 @pytest.fixture

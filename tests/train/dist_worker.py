@@ -24,9 +24,9 @@ from fusion.model.config import ModelConfig
 from fusion.model.transformer import Transformer
 from fusion.tokenizers.mixed import MixedTokenizer
 from fusion.train.config import TrainConfig
+from fusion.train.datasets import training_datasets
 from fusion.train.distributed import barrier, init_distributed, leave_process_group
 from fusion.train.loop import Trainer
-from fusion.train.packing import PackedDataset
 
 # tied or not x GQA or not x swin_norm or not
 VARIANTS = {f"{'tied' if tie else 'untied'}-{'gqa' if kv == 2 else 'mha'}-{'swin' if swin else 'pre'}":
@@ -39,20 +39,17 @@ def token_docs(tokenizer: MixedTokenizer) -> TokenDocs:
 
 
 def make_run(tokenizer: MixedTokenizer, docs: TokenDocs, out: Path, variant: str, *, parallel: str = "fsdp",
-             seed: int = 0, dropout: float = 0.0, steps: int = 4) -> Trainer:
+             seed: int = 0, dropout: float = 0.0, steps: int = 4, dist_timeout_s: int = 600) -> Trainer:
     """A 2-layer dim-32 decoder of ``variant``, global batches of 6 sequences, checkpoints at steps 2 and 4."""
     cfg = TrainConfig(steps=steps, lr=3e-3, warmup=1, batch_size=6, seq_len=32, save_every=2, eval_every=steps,
-                      eval_batches=1, keep_last=5, progress=False, parallel=parallel)
+                      eval_batches=1, keep_last=5, progress=False, parallel=parallel, dist_timeout_s=dist_timeout_s)
     model_cfg = ModelConfig(vocab=tokenizer.vocab, dim=32, n_layers=2, n_heads=4, ffn_dim=64, max_seq_len=64,
                             dropout=dropout, **VARIANTS[variant])
     torch.manual_seed(seed)
     model = Transformer(model_cfg)
     info = init_distributed()
-    train, held = docs.split(0.2)
-    common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id,
-                  rank=info.rank, world_size=info.world_size)
-    return Trainer(cfg, model, tokenizer, PackedDataset(train, **common),
-                   PackedDataset(held, drop_last=False, **common), out, info=info)
+    return Trainer(cfg, model, tokenizer, *training_datasets(cfg, tokenizer.vocab, *docs.split(0.2), info), out,
+                   info=info)
 
 
 def losses(history: list[dict]) -> list[float]:

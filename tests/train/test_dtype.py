@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from fusion.kernels import cpu_tune
-from fusion.train.export import model_tensors
+from fusion.model.weights import model_tensors
 
 from .test_loop import make_trainer
 

@@ -7,10 +7,10 @@ import torch
 from safetensors import safe_open
 
 from fusion.api import Fusion
-from fusion.checkpoint import resolve_checkpoint
 from fusion.cli.export import main as export_main
 from fusion.cli.generate import main as generate_main
 from fusion.model.transformer import Transformer
+from fusion.run_checkpoints import resolve_checkpoint
 from fusion.train import export as export_module
 
 from .test_loop import make_trainer

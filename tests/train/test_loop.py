@@ -6,11 +6,12 @@ import torch
 from torch._dynamo.utils import counters
 
 from fusion.api import Fusion
-from fusion.checkpoint import resolve_checkpoint
 from fusion.document import Document
 from fusion.kernels import dispatch
 from fusion.model.transformer import Transformer
+from fusion.run_checkpoints import resolve_checkpoint
 from fusion.train.config import TrainConfig, lr_factor
+from fusion.train.datasets import training_datasets
 from fusion.train.loop import Trainer, TrainingDiverged
 from fusion.train.mfu import mfu, peak_flops
 from fusion.train.packing import PackedDataset
@@ -23,10 +24,9 @@ def make_trainer(tokenizer, docs, out, *, model_seed=0, dropout=0.1, tied=False,
     cfg = TrainConfig(**{**dict(steps=8, lr=3e-3, warmup=2, batch_size=2, seq_len=48, grad_accum=2, save_every=4,
                                 eval_every=4, eval_batches=2, keep_last=2, progress=False), **overrides})
     split_train, eval_docs = docs.split(0.2)
-    common = dict(seq_len=cfg.seq_len, batch_size=cfg.batch_size, pad_id=tokenizer.vocab.pad_id, seed=cfg.seed)
     model = (make_tied_model if tied else make_model)(tokenizer, seed=model_seed, dropout=dropout)
-    return Trainer(cfg, model, tokenizer, PackedDataset(train_docs or split_train, **common),
-                   PackedDataset(eval_docs, drop_last=False, **common), out)
+    return Trainer(cfg, model, tokenizer, *training_datasets(cfg, tokenizer.vocab, train_docs or split_train,
+                                                             eval_docs), out)
 
 
 def weights(trainer) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ from torch.distributed.checkpoint import FileSystemWriter
 
 from fusion import files
 from fusion.api import Fusion
-from fusion.checkpoint import manifest_problems, resolve_checkpoint
+from fusion.run_checkpoints import manifest_problems, resolve_checkpoint
 from fusion.train.checkpointing import CheckpointDiskFull
 
 from .test_loop import make_trainer

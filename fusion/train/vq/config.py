@@ -13,7 +13,8 @@ class VQTrainConfig:
     """Optimiser, losses, schedule and bookkeeping for ``train_vq``."""
 
     vq: VQConfig = field(default_factory=lambda: VQConfig.preset("tiny"))
-    steps: int = 800                    # ~75 s on 2 quiet CPU cores for tiny; 600 meets the targets narrowly
+    steps: int = 800                    # a margin over 600, which meets the targets narrowly (figures:
+                                        # benchmarks/RESULTS.md, "Figures moved out of code comments")
     batch_size: int = 32
     lr: float = 2e-3
     min_lr_ratio: float = 0.05          # cosine decay to lr * this
