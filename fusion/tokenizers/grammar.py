@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fusion.document import IMAGE_KIND, TEXT_KIND
+from fusion.rows import IMAGE_KIND, TEXT_KIND
 from fusion.vocab import Vocab
 
-# TEXT_KIND / IMAGE_KIND (a run's kind) live in fusion.document, below this layer; imported from here as well.
+# TEXT_KIND / IMAGE_KIND (a run's kind) live in fusion.rows, below this layer; importable from here as well.
 TEXT, CONTROL, BOI, CODE, EOI = TEXT_KIND, "control", "boi", "code", "eoi"  # what ImageSpans.feed names an id
 Ints = int | torch.Tensor  # an int, or a tensor of them
 
