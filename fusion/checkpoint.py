@@ -7,7 +7,6 @@ from __future__ import annotations
 import warnings
 
 from fusion.checkpoint_layout import *  # noqa: F403
-from fusion.checkpoint_layout import model_shard_name, step_name, tmp_step_name  # noqa: F401
 from fusion.files import first_present  # noqa: F401
 from fusion.run_checkpoints import manifest_problems, resolve_checkpoint, step_folders  # noqa: F401
 

@@ -1,8 +1,9 @@
 """A training run folder's checkpoints: its step folders, each checked against its manifest, and the newest
 complete one (which is what ``fusion.load``, ``fusion export`` and a resumed run take).
 
-How strictly a folder is checked is the caller's choice: ``sizes`` (cheap: what loading for inference uses) or
-``sizes_and_hashes`` (every sha256: what a resumed run uses, whose ranks share the hashing).
+How strictly a folder is checked is the caller's choice: ``sizes`` (cheap: what loading for inference uses), or
+``manifest_problems`` with every sha256 (what a resumed run uses: ``train.checkpointer`` shares the hashing over
+its ranks).
 """
 
 from __future__ import annotations
@@ -52,11 +53,6 @@ def manifest_problems(folder: str | os.PathLike, *, hashes: bool = True, part: t
 def sizes(folder: Path) -> list[str]:
     """Every file present with its manifest size."""
     return manifest_problems(folder, hashes=False)
-
-
-def sizes_and_hashes(folder: Path) -> list[str]:
-    """Every file present with its manifest size and sha256."""
-    return manifest_problems(folder, hashes=True)
 
 
 def newest_complete(run_dir: str | os.PathLike, verify: Verify, *, warn: bool = True) -> Path | None:

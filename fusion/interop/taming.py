@@ -12,10 +12,11 @@ import os
 import torch
 
 from fusion.interop.lightning_ckpt import load_lightning_state
-from fusion.tokenizers.image import ImageTokenizer
+from fusion.tokenizers.image import CODEBOOK as OUR_CODEBOOK
+from fusion.tokenizers.image import ImageTokenizer, codebook_state
 from fusion.tokenizers.vq_config import VQConfig, check_plain_codebook
 
-TAMING_CODEBOOK, OUR_CODEBOOK = "quantize.embedding.weight", "quantize._codebook.embed"
+TAMING_CODEBOOK = "quantize.embedding.weight"
 HF_PREFIX = "model.vqmodel."  # HF Chameleon keeps the VQ inside the LM's state dict under this prefix
 
 
@@ -31,12 +32,7 @@ def from_taming_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     if TAMING_CODEBOOK not in state:
         raise ValueError(f"checkpoint has no {TAMING_CODEBOOK}")
     out = {k: v for k, v in state.items() if k != TAMING_CODEBOOK}
-    embed = state[TAMING_CODEBOOK].float()[None]
-    out[OUR_CODEBOOK] = embed
-    out["quantize._codebook.embed_avg"] = embed.clone()
-    out["quantize._codebook.cluster_size"] = torch.ones(embed.shape[:2])
-    out["quantize._codebook.initted"] = torch.tensor(True)
-    return out
+    return {**out, **codebook_state(state[TAMING_CODEBOOK])}
 
 
 def taming_state_dict(tokenizer: ImageTokenizer) -> dict[str, torch.Tensor]:

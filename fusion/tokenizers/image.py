@@ -28,6 +28,7 @@ from fusion.numerics import refuse_nonfinite
 from fusion.tokenizers.vq_config import VQConfig
 from fusion.tokenizers.vqgan import Decoder, Encoder
 
+CODEBOOK = "quantize._codebook.embed"  # the codebook [1, K, D] in our state dict
 _INT_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64)
 _RANGE_SLACK = 1e-3  # pixel tensors may overshoot [-1, 1] by float rounding, not more
 MOSTLY_DROPPED = 0.5  # a crop keeping less than this share of an image is worth a warning
@@ -212,13 +213,19 @@ class ImageTokenizer(nn.Module):
                       "ImageTokenizer.from_pretrained(folder).save_pretrained(folder)", DeprecationWarning,
                       stacklevel=3)
         state = dict(state)
-        embed = state.pop("quantize.embedding.weight").float()[None]  # vector-quantize-pytorch's [1, K, D] + EMA
-        state.update({"quantize._codebook.embed": embed, "quantize._codebook.embed_avg": embed.clone(),
-                      "quantize._codebook.cluster_size": torch.ones(embed.shape[:2]),
-                      "quantize._codebook.initted": torch.tensor(True)})
+        state.update(codebook_state(state.pop("quantize.embedding.weight")))  # HF's [K, D] codebook
         model = cls(VQConfig.from_hf(hf_config))
         model.load_state_dict(state)
         return model
+
+
+def codebook_state(embed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The state-dict entries of our codebook for a plain [K, D] one (taming's, HF's): vector-quantize-pytorch's
+    [1, K, D] embedding, with EMA statistics that start from it."""
+    embed = embed.float()[None]
+    return {CODEBOOK: embed, "quantize._codebook.embed_avg": embed.clone(),
+            "quantize._codebook.cluster_size": torch.ones(embed.shape[:2]),
+            "quantize._codebook.initted": torch.tensor(True)}
 
 
 def kept_fraction(size: tuple[int, int], resize: str) -> float:

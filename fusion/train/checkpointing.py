@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.tensor import DTensor
 
-from fusion.model.weights import quiet_when_local
+from fusion.model.weights import quiet_when_local, read_local
 from fusion.numerics import nonfinite_tensors
 
 
@@ -45,11 +45,12 @@ def save_state(state: dict, folder: Path) -> None:
         dcp.save(state, checkpoint_id=folder, no_dist=local)
 
 
-def read_state(state: dict, folder: Path, *, local: bool = False) -> None:
-    """Fill ``state``'s tensors from a DCP folder: a collective, or this process alone with ``local``."""
-    local = local or not (dist.is_available() and dist.is_initialized())
-    with quiet_when_local(local):
-        dcp.load(state, checkpoint_id=folder, no_dist=local)
+def read_state(state: dict, folder: Path) -> None:
+    """Fill ``state``'s tensors from a DCP folder: a collective under torchrun, else this process alone."""
+    if dist.is_available() and dist.is_initialized():
+        dcp.load(state, checkpoint_id=folder)
+    else:
+        read_local(state, folder)
 
 
 def load_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
